@@ -1,0 +1,345 @@
+"""YAML configs: ``_base_`` inheritance, ``_delete_``, ``--cfg-options``, validation.
+
+A config is a plain nested ``dict`` loaded with ``yaml.safe_load``.
+
+* ``_base_: [../_base_/a.yaml, b.yaml]`` (or one string) is merged first, in order,
+  paths relative to the file that names them; the file's own keys win.
+* Dicts merge recursively; a dict with ``_delete_: true`` replaces the inherited one.
+  Lists are replaced, never merged.
+* ``--cfg-options`` follows mmengine's grammar: ``a.b=1 a.l="[1,2]" a.list.0.k=v``,
+  ``x=true``/``false``, ``x=None``, ``x=1,2`` (a list).
+
+Validation (``validate_config``) runs before any work: every key of a dict that is
+built by a registry must be a parameter of the registered constructor, and every
+key of a plain section must be known. Errors carry the dotted path and a suggestion.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import inspect
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .registry import Registry
+
+
+class ConfigError(ValueError):
+    """A problem in a config file or override; the message names the key or file."""
+
+
+# --------------------------------------------------------------------------- loading
+def _read_yaml(path: Path, asked_by: Path | None) -> dict:
+    if not path.is_file():
+        who = f" (named in _base_ of {asked_by})" if asked_by else ""
+        raise ConfigError(f"config file not found: {path}{who}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, child: dict) -> dict:
+    """Recursive merge of ``child`` onto ``base`` (copies; inputs untouched)."""
+    out = copy.deepcopy(base)
+    for k, v in child.items():
+        if isinstance(v, dict):
+            v = dict(v)
+            delete = v.pop("_delete_", False)
+            if not delete and isinstance(out.get(k), dict):
+                out[k] = merge(out[k], v)
+            else:
+                out[k] = merge({}, v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _strip_delete(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _strip_delete(v) for k, v in d.items() if k != "_delete_"}
+    if isinstance(d, list):
+        return [_strip_delete(v) for v in d]
+    return d
+
+
+def _load_tree(path: Path, asked_by: Path | None, stack: tuple) -> dict:
+    path = path.resolve()
+    if path in stack:
+        raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in stack + (path,))}")
+    data = _read_yaml(path, asked_by)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list):
+        raise ConfigError(f"{path}: _base_ must be a path or a list of paths")
+    merged: dict = {}
+    for b in bases:
+        merged = merge(merged, _load_tree(path.parent / b, path, stack + (path,)))
+    return merge(merged, data)
+
+
+def load_config(path: str | os.PathLike, cfg_options: list[str] | dict | None = None,
+                validate: bool = True) -> dict:
+    """Load ``path`` with its bases, apply overrides, validate, return a plain dict."""
+    cfg = _strip_delete(_load_tree(Path(path), None, ()))
+    if cfg_options:
+        opts = parse_cfg_options(cfg_options) if isinstance(cfg_options, list) else cfg_options
+        apply_options(cfg, opts)
+    if validate:
+        validate_config(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------- --cfg-options
+def _parse_scalar(v: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    if v in ("None", "none", "null"):
+        return None
+    return v
+
+
+def _find_closing(s: str) -> int:
+    """Index of the first top-level comma in ``s`` (or len)."""
+    depth = 0
+    for i, c in enumerate(s):
+        if c in "([":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            return i
+    if depth != 0:
+        raise ConfigError(f"unbalanced brackets in option value: {s!r}")
+    return len(s)
+
+
+def parse_value(val: str) -> Any:
+    """mmengine DictAction grammar: scalars, ``a,b``, ``[a,b]``, ``(a,b)``, nested."""
+    val = val.strip().strip("'\"").replace(" ", "")
+    is_tuple = val.startswith("(") and val.endswith(")")
+    if (val.startswith("[") and val.endswith("]")) or is_tuple:
+        inner = val[1:-1]
+        items = []
+        while inner:
+            cut = _find_closing(inner)
+            items.append(parse_value(inner[:cut]))
+            inner = inner[cut + 1:]
+        return tuple(items) if is_tuple else items
+    if "," in val:
+        return [parse_value(v) for v in val.split(",") if v != ""]
+    return _parse_scalar(val)
+
+
+def parse_cfg_options(options: list[str]) -> dict:
+    out = {}
+    for opt in options:
+        if "=" not in opt:
+            raise ConfigError(f"--cfg-options expects KEY=VALUE, got {opt!r}")
+        k, v = opt.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
+def apply_options(cfg: dict, options: dict) -> None:
+    """Set dotted keys in place; integer parts index into lists."""
+    for key, value in options.items():
+        parts = key.split(".")
+        node: Any = cfg
+        for p in parts[:-1]:
+            if isinstance(node, list):
+                node = node[_list_index(node, p, key)]
+                continue
+            if p not in node or not isinstance(node[p], (dict, list)):
+                node[p] = {}
+            node = node[p]
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _list_index(node, last, key)
+            node[idx] = value
+        else:
+            node[last] = list(value) if isinstance(value, tuple) else value
+
+
+def _list_index(node: list, p: str, key: str) -> int:
+    if not p.lstrip("-").isdigit() or not -len(node) <= int(p) < len(node):
+        raise ConfigError(f"--cfg-options {key}: '{p}' is not a valid index of a list of {len(node)}")
+    return int(p)
+
+
+# ------------------------------------------------------------------------ validation
+Spec = Any  # None (anything) | Registry | dict[str, Spec] | dataclass type | ("list", Spec)
+
+ROOT_SCHEMA: dict[str, Spec] = {}   # filled by defectkit.engine.settings (and families)
+
+
+def register_section(name: str, spec: Spec) -> None:
+    """Declare a top-level config section and how to validate it."""
+    ROOT_SCHEMA[name] = spec
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _unknown(path: str, key: str, options) -> ConfigError:
+    full = f"{path}.{key}" if path else key
+    return ConfigError(f"{full}: unknown key{_suggest(key, options)} "
+                       f"(accepted: {', '.join(sorted(options))})")
+
+
+def _is_dataclass_type(t) -> bool:
+    return isinstance(t, type) and dataclasses.is_dataclass(t)
+
+
+def _dataclass_in(annotation) -> type | None:
+    """A dataclass named by an annotation such as ``GateConfig | dict | None``."""
+    if _is_dataclass_type(annotation):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if _is_dataclass_type(arg):
+            return arg
+    return None
+
+
+def _validate_dataclass(value: dict, cls: type, path: str) -> None:
+    if not isinstance(value, dict):
+        return
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for k, v in value.items():
+        if k not in fields:
+            raise _unknown(path, k, fields)
+        sub = fields[k].metadata.get("spec")
+        if sub is not None:
+            _validate(v, sub, f"{path}.{k}")
+        elif isinstance(v, dict) and _dataclass_in(hints.get(k)):
+            _validate_dataclass(v, _dataclass_in(hints.get(k)), f"{path}.{k}")
+
+
+def _validate_built(value: Any, registry: Registry, path: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a dict with a 'type' key for the {registry.name} "
+                          f"registry, got {value!r}")
+    if "type" not in value:
+        raise ConfigError(f"{path}: missing 'type' (one of the {registry.name} registry: "
+                          f"{', '.join(registry.keys())})")
+    try:
+        obj = registry.get(value["type"])
+    except KeyError as e:
+        raise ConfigError(f"{path}.type: {e.args[0]}") from None
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    sig = inspect.signature(target)
+    params = {n: p for n, p in sig.parameters.items() if n != "self"}
+    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - forward refs we cannot resolve are not validated
+        hints = {}
+    children: dict = getattr(obj, "config_children", {})
+    for k, v in value.items():
+        if k == "type":
+            continue
+        sub_path = f"{path}.{k}"
+        if k not in params:
+            if open_kwargs:
+                continue
+            raise _unknown(path, k, params)
+        if k in children:
+            _validate(v, children[k], sub_path)
+        elif isinstance(v, dict) and "type" in v:
+            _validate_built(v, registry, sub_path)
+        elif isinstance(v, dict) and _dataclass_in(hints.get(k)):
+            _validate_dataclass(v, _dataclass_in(hints.get(k)), sub_path)
+
+
+def _validate(value: Any, spec: Spec, path: str) -> None:
+    if spec is None or value is None:
+        return
+    if isinstance(spec, Registry):
+        _validate_built(value, spec, path)
+    elif isinstance(spec, tuple) and spec[0] == "list":
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            _validate(item, spec[1], f"{path}.{i}")
+    elif _is_dataclass_type(spec):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _validate_dataclass(value, spec, path)
+    elif isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        for k, v in value.items():
+            if k not in spec:
+                raise _unknown(path, k, spec)
+            _validate(v, spec[k], f"{path}.{k}" if path else k)
+
+
+def validate_config(cfg: dict) -> None:
+    """Raise ConfigError for the first unknown key or type in ``cfg``."""
+    import defectkit  # noqa: F401  - make sure every module has registered
+
+    import_custom(cfg.get("custom_imports") or [])
+    _validate(cfg, ROOT_SCHEMA, "")
+
+
+def import_custom(modules: list[str]) -> None:
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError as e:
+            raise ConfigError(f"custom_imports: cannot import '{m}': {e}") from e
+
+
+# ------------------------------------------------------------------------------ dump
+def to_yaml(cfg: dict) -> str:
+    def plain(o):
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [plain(v) for v in o]
+        return o
+
+    return yaml.safe_dump(plain(cfg), sort_keys=False, allow_unicode=True)
+
+
+def dump_config(cfg: dict, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(to_yaml(cfg), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def get_by_path(cfg: dict, dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for p in dotted.split("."):
+        if isinstance(node, list) and p.lstrip("-").isdigit():
+            node = node[int(p)]
+        elif isinstance(node, dict) and p in node:
+            node = node[p]
+        else:
+            return default
+    return node

@@ -1,0 +1,1 @@
+from . import settings  # noqa: F401  (declares the config sections)
