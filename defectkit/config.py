@@ -47,7 +47,17 @@ def _read_yaml(path: Path, asked_by: Path | None) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
+    return _unalias(data)
+
+
+def _unalias(o: Any) -> Any:
+    """Fresh containers everywhere: a YAML alias (``*eval``) becomes an independent
+    copy, so overriding ``data.val`` later never changes ``data.test`` as well."""
+    if isinstance(o, dict):
+        return {k: _unalias(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_unalias(v) for v in o]
+    return o
 
 
 def merge(base: dict, child: dict) -> dict:
