@@ -27,3 +27,22 @@ def load(args) -> dict:
         return load_config(args.config, args.cfg_options)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+
+
+def pipeline_norm(pipeline):
+    """(mean, std) of the Normalize step of a built pipeline, to undo it when drawing."""
+    for t in getattr(pipeline, "transforms", None) or []:
+        inner = getattr(t, "t", t)
+        if hasattr(inner, "mean") and hasattr(inner, "std"):
+            return list(inner.mean), list(inner.std)
+    return None, None
+
+
+def result_names(cfg: dict, result, classes):
+    """Display names for a result's class indices."""
+    from defectkit.structures import class_names_for
+
+    scores = getattr(result, "scores", None)
+    if scores is None:
+        return classes
+    return class_names_for(cfg["model"].get("target", "is_defective"), len(scores), classes)

@@ -1,1 +1,4 @@
 from . import collate  # noqa: F401
+from . import formats, transforms, datasets  # noqa: F401  (register TRANSFORMS and DATASETS)
+from .formats.common import DataFormatError, Record  # noqa: F401
+from .transforms import build_pipeline  # noqa: F401

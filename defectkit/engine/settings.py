@@ -36,6 +36,7 @@ class TrainSettings:
     save_best: str | None = "auto"  # metric name; "auto" = the evaluator's main metric; null = off
     tensorboard: bool = False
     progress: bool = True           # progress bar on a terminal (plain lines otherwise)
+    find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient in a step
 
 
 @dataclass

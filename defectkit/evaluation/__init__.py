@@ -1,0 +1,3 @@
+"""Evaluators (registered in EVALUATORS); the contract is in docs/architecture.md."""
+from .base import BaseEvaluator, format_table, scalar_metrics  # noqa: F401
+from .classification import ClassificationEvaluator  # noqa: F401

@@ -1,0 +1,334 @@
+"""Registered datasets: thin wrappers over the readers in ``defectkit.data.formats``.
+
+``BaseDataset`` loads an image (PIL -> RGB -> ``tv_tensors.Image`` float32 in
+[0, 1]), builds the sample dict of docs/architecture.md from a ``Record``, and
+applies the ``pipeline``. Augmentation is deterministic for exact resume: sample
+``i`` at epoch ``e`` is transformed under a forked torch RNG seeded from
+``(seed, e, i)`` (the trainer calls ``set_epoch`` and recreates the DataLoader).
+
+Paths in configs are relative to the current directory (the repo root).
+A subclass sets its own attributes, then calls ``super().__init__(...)``, which
+calls ``self.load() -> (records, classes)``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+from ..registry import DATASETS, TRANSFORMS
+from .formats.common import DataFormatError, Record
+from .formats.coco import read_coco
+from .formats.image_folder import read_image_folder
+from .formats.labelme import read_labelme
+from .formats.mask_folder import read_mask_folder
+from .formats.mvtec import read_anomaly_folders, read_mvtec
+from .formats.voc import read_voc
+from .transforms import build_pipeline
+
+logger = logging.getLogger("defectkit")
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1]; DataFormatError naming ``path`` if it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            if im.mode.startswith("I;16"):
+                arr = np.asarray(im, dtype=np.float32) / 65535.0
+                t = torch.from_numpy(arr)[None].expand(3, -1, -1).contiguous()
+                return t
+            rgb = im.convert("RGB")   # decodes the pixels
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataFormatError(f"{path}: cannot decode image: {e}") from e
+    return TF.pil_to_tensor(rgb).float().div_(255.0)
+
+
+def rasterize_polygons(polygons: list, height: int, width: int) -> np.ndarray:
+    """Class-index mask (H, W) int64: each ``(label, points)`` drawn with value
+    ``label + 1`` by ``PIL.ImageDraw.polygon`` (fill and outline, like LabelMe's
+    ``shape_to_mask``), later polygons over earlier ones."""
+    canvas = Image.new("I", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for label, pts in polygons:
+        v = int(label) + 1
+        draw.polygon([(float(x), float(y)) for x, y in pts], fill=v, outline=v)
+    return np.asarray(canvas, dtype=np.int64)
+
+
+def read_mask(path: str, kind: str, num_classes: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA"):
+                im = im.convert("RGB").getchannel(0)
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataFormatError(f"{path}: cannot read mask: {e}") from e
+    if arr.ndim != 2:
+        raise DataFormatError(f"{path}: mask must be single-channel, got shape {arr.shape}")
+    if kind == "binary":
+        return (arr > 0).astype(np.int64)
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > num_classes):
+        raise DataFormatError(f"{path}: mask value {int(arr.max())} is outside 0..{num_classes} "
+                              f"(number of classes {num_classes})")
+    return arr
+
+
+class BaseDataset(Dataset):
+    """Records + image loading + pipeline; see the module docstring."""
+
+    config_children = {"pipeline": ("list", TRANSFORMS)}
+    with_boxes: bool = False   # the samples carry boxes/labels
+    with_mask: bool = False    # the samples carry a mask
+
+    def __init__(self, pipeline: list[dict] | None = None, skip_invalid: bool = False,
+                 seed: int = 0, max_images: int | None = None):
+        self.skip_invalid = bool(skip_invalid)
+        self.seed = int(seed)
+        self.epoch = 0
+        records, classes = self.load()
+        if max_images is not None:
+            records = records[:int(max_images)]
+        self.records: list[Record] = records
+        self.classes: list[str] = list(classes)
+        self.pipeline = build_pipeline(pipeline)
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ to override
+    def load(self) -> tuple[list[Record], list[str]]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------- public
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def sample_seed(self, index: int) -> int:
+        """The torch seed of sample ``index`` at the current epoch."""
+        ss = np.random.SeedSequence([self.seed % 2**32, self.epoch % 2**32, int(index)])
+        return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self.records)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} samples")
+        index %= n
+        for attempt in range(n if self.skip_invalid else 1):
+            j = (index + attempt) % n
+            try:
+                sample = self.load_sample(j)
+            except DataFormatError as e:
+                if not self.skip_invalid:
+                    raise
+                path = self.records[j].img_path
+                if path not in self._warned:
+                    self._warned.add(path)
+                    logger.warning("skipped an unreadable sample (skip_invalid=True): %s", e)
+                continue
+            return self.apply_pipeline(sample, index)
+        raise DataFormatError(f"{type(self).__name__}: no sample could be loaded")
+
+    def apply_pipeline(self, sample: dict, index: int) -> dict:
+        if self.pipeline is None:
+            return sample
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator only: torch.manual_seed would also reseed CUDA generators
+            torch.default_generator.manual_seed(self.sample_seed(index))
+            return self.pipeline(sample)
+
+    def load_sample(self, index: int) -> dict[str, Any]:
+        """The untransformed sample of record ``index``."""
+        rec = self.records[index]
+        img = load_image(rec.img_path)
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        if rec.width is not None and rec.height is not None and (rec.width, rec.height) != (w, h):
+            src = rec.meta.get("ann_file") or getattr(self, "ann_file", "the annotation")
+            raise DataFormatError(f"{rec.img_path}: image is {w}x{h} but {src} gives "
+                                  f"width/height {rec.width}x{rec.height}")
+        sample: dict[str, Any] = {"image": tv_tensors.Image(img)}
+        if self.with_boxes:
+            sample["boxes"] = tv_tensors.BoundingBoxes(
+                torch.as_tensor(rec.boxes, dtype=torch.float32).reshape(-1, 4),
+                format="XYXY", canvas_size=(h, w))
+            sample["labels"] = torch.as_tensor(rec.labels, dtype=torch.int64).reshape(-1)
+        if self.with_mask:
+            sample["mask"] = tv_tensors.Mask(torch.from_numpy(self.load_mask(rec, h, w)))
+        if rec.is_defective is not None:
+            sample["is_defective"] = int(rec.is_defective)
+        if rec.label is not None:
+            sample["label"] = int(rec.label)
+        sample["meta"] = {"path": rec.img_path, "id": rec.id, "orig_size": (h, w), **rec.meta}
+        return sample
+
+    def load_mask(self, rec: Record, h: int, w: int) -> np.ndarray:
+        if rec.polygons is not None:
+            return rasterize_polygons(rec.polygons, h, w)
+        if rec.mask_path is None:
+            return np.zeros((h, w), np.int64)
+        mask = read_mask(rec.mask_path, rec.mask_kind, len(self.classes))
+        if mask.shape != (h, w):
+            raise DataFormatError(f"{rec.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
+                                  f"its image {rec.img_path} is {w}x{h}")
+        return mask
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self)} images, classes={self.classes}, "
+                f"pipeline={self.pipeline})")
+
+
+# ------------------------------------------------------------------------ detection
+@DATASETS.register()
+class CocoDataset(BaseDataset):
+    """COCO detection json; ``normal_category`` marks normal images (DefectNet's 0)."""
+
+    with_boxes = True
+
+    def __init__(self, ann_file: str, img_dir: str, normal_category: int | None = None,
+                 filter_empty: bool = False, pipeline: list[dict] | None = None,
+                 skip_invalid: bool = False, seed: int = 0, max_images: int | None = None):
+        self.ann_file, self.img_dir = ann_file, img_dir
+        self.normal_category, self.filter_empty = normal_category, filter_empty
+        super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
+                         max_images=max_images)
+
+    def load(self):
+        return read_coco(self.ann_file, self.img_dir, normal_category=self.normal_category,
+                         filter_empty=self.filter_empty, skip_invalid=self.skip_invalid)
+
+
+@DATASETS.register()
+class VOCDataset(BaseDataset):
+    """Pascal VOC / LabelImg XML; ``split`` reads ``ImageSets/Main/<split>.txt``."""
+
+    with_boxes = True
+
+    def __init__(self, root: str, split: str | None = None, img_dir: str | None = None,
+                 classes: list[str] | None = None, skip_difficult: bool = False,
+                 pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
+                 max_images: int | None = None):
+        self.root, self.split, self.img_dir = root, split, img_dir
+        self.given_classes, self.skip_difficult = classes, skip_difficult
+        super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
+                         max_images=max_images)
+
+    def load(self):
+        return read_voc(self.root, split=self.split, img_dir=self.img_dir,
+                        classes=self.given_classes, skip_difficult=self.skip_difficult,
+                        skip_invalid=self.skip_invalid)
+
+
+# --------------------------------------------------------------------- segmentation
+@DATASETS.register()
+class LabelMeDataset(BaseDataset):
+    """LabelMe JSON polygons/rectangles -> boxes + class-index mask (BSData)."""
+
+    with_boxes = True
+    with_mask = True
+
+    def __init__(self, ann_dir: str, img_dir: str | None = None, classes: list[str] | None = None,
+                 unlabeled: str = "skip", split_file: str | None = None, split: str | None = None,
+                 pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
+                 max_images: int | None = None):
+        self.ann_dir, self.img_dir, self.given_classes = ann_dir, img_dir, classes
+        self.unlabeled, self.split_file, self.split = unlabeled, split_file, split
+        super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
+                         max_images=max_images)
+
+    def load(self):
+        return read_labelme(self.ann_dir, img_dir=self.img_dir, classes=self.given_classes,
+                            unlabeled=self.unlabeled, split_file=self.split_file, split=self.split,
+                            skip_invalid=self.skip_invalid)
+
+
+@DATASETS.register()
+class MaskFolderDataset(BaseDataset):
+    """Images + class-index PNG masks matched by stem (Defect Spectrum style)."""
+
+    with_mask = True
+
+    def __init__(self, img_dir: str, mask_dir: str, classes: list[str], mask_suffix: str = "",
+                 split_file: str | None = None, missing_mask: str = "error",
+                 pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
+                 max_images: int | None = None):
+        self.img_dir, self.mask_dir, self.given_classes = img_dir, mask_dir, classes
+        self.mask_suffix, self.split_file, self.missing_mask = mask_suffix, split_file, missing_mask
+        super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
+                         max_images=max_images)
+
+    def load(self):
+        return read_mask_folder(self.img_dir, self.mask_dir, self.given_classes,
+                                mask_suffix=self.mask_suffix, split_file=self.split_file,
+                                missing_mask=self.missing_mask, skip_invalid=self.skip_invalid)
+
+
+# -------------------------------------------------------------------------- anomaly
+@DATASETS.register()
+class MVTecDataset(BaseDataset):
+    """MVTec AD: ``train`` = train/good; ``test`` = good + defect types with binary
+    masks. ``classes == ['defect']``; ``defect_types`` lists the test types."""
+
+    with_mask = True
+
+    def __init__(self, root: str, category: str | None = None, split: str = "train",
+                 pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
+                 max_images: int | None = None):
+        self.root, self.category, self.split = root, category, split
+        self.defect_types: list[str] = []
+        super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
+                         max_images=max_images)
+
+    def load(self):
+        records, classes, self.defect_types = read_mvtec(self.root, self.category, self.split,
+                                                         skip_invalid=self.skip_invalid)
+        return records, classes
+
+
+@DATASETS.register()
+class FolderAnomalyDataset(BaseDataset):
+    """Normal/abnormal folders (+ optional binary ``mask_dir``); without
+    ``mask_dir`` the samples have no mask."""
+
+    def __init__(self, normal_dir: str | None = None, abnormal_dir: str | None = None,
+                 mask_dir: str | None = None, mask_suffix: str = "_mask",
+                 pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
+                 max_images: int | None = None):
+        self.normal_dir, self.abnormal_dir = normal_dir, abnormal_dir
+        self.mask_dir, self.mask_suffix = mask_dir, mask_suffix
+        self.with_mask = mask_dir is not None
+        self.defect_types: list[str] = []
+        super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
+                         max_images=max_images)
+
+    def load(self):
+        records, classes, self.defect_types = read_anomaly_folders(
+            self.normal_dir, self.abnormal_dir, self.mask_dir, self.mask_suffix,
+            skip_invalid=self.skip_invalid)
+        return records, classes
+
+
+# ------------------------------------------------------------------- classification
+@DATASETS.register()
+class ImageFolderDataset(BaseDataset):
+    """``root/<class>/*``: ``label`` = class index; ``normal_class`` adds ``is_defective``."""
+
+    def __init__(self, root: str, classes: list[str] | None = None, normal_class: str | None = None,
+                 pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
+                 max_images: int | None = None):
+        self.root, self.given_classes, self.normal_class = root, classes, normal_class
+        super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
+                         max_images=max_images)
+
+    def load(self):
+        return read_image_folder(self.root, classes=self.given_classes,
+                                 normal_class=self.normal_class)

@@ -1,0 +1,182 @@
+"""LabelMe 4.x/5.x JSON (one file per image; BSData uses it).
+
+Keys read: ``imagePath`` (relative to the JSON's folder, Windows separators
+accepted), ``imageWidth``/``imageHeight`` and ``shapes[i].{label, points, shape_type}``.
+``shape_type`` ``polygon`` (>= 3 points), ``rectangle`` (2 corner points) and
+``circle`` (centre, point on the circle) are supported; other types are an error.
+The embedded ``imageData`` is ignored (images are read from disk).
+
+Each shape becomes an instance: a box (the extent of its points) with its label,
+and a polygon that the dataset rasterises into the class-index mask with
+``PIL.ImageDraw.polygon(points, fill=k+1, outline=k+1)`` (LabelMe's own
+``shape_to_mask`` rule: float vertices, boundary pixels included); later shapes
+are drawn over earlier ones.
+
+Classes: the config's ``classes`` (an unknown label is an error) or the sorted
+label names found. Images in ``img_dir`` without a JSON: ``unlabeled='skip'``
+(default; BSData's unannotated images are unlabelled, not clean negatives) or
+``'normal'`` (kept as normal images with an empty mask).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .common import (DataFormatError, Problems, Record, as_boxes, as_labels,
+                     check_box, check_nonempty, image_size, list_images, read_split_file,
+                     require_path, resolve_classes)
+
+SHAPE_TYPES = ("polygon", "rectangle", "circle")
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}: broken JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text: {e}") from e
+    if not isinstance(data, dict):
+        raise DataFormatError(f"{path}: top level must be a LabelMe object")
+    return data
+
+
+def _shape_polygon(shape: dict, where: str) -> list[tuple[float, float]]:
+    st = shape.get("shape_type") or "polygon"
+    pts = shape.get("points")
+    if not isinstance(pts, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pts):
+        raise DataFormatError(f"{where}.points: expected a list of [x, y], got {pts!r}"[:300])
+    pts = [(float(x), float(y)) for x, y in pts]
+    if st == "polygon":
+        if len(pts) < 3:
+            raise DataFormatError(f"{where}.points: a polygon needs >= 3 points, got {len(pts)}")
+        return pts
+    if st == "rectangle":
+        if len(pts) != 2:
+            raise DataFormatError(f"{where}.points: a rectangle needs 2 points, got {len(pts)}")
+        (xa, ya), (xb, yb) = pts
+        x1, x2, y1, y2 = min(xa, xb), max(xa, xb), min(ya, yb), max(ya, yb)
+        return [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+    if st == "circle":
+        if len(pts) != 2:
+            raise DataFormatError(f"{where}.points: a circle needs 2 points, got {len(pts)}")
+        (cx, cy), (px, py) = pts
+        r = math.hypot(px - cx, py - cy)
+        n = max(16, int(2 * math.pi * r / 2))
+        return [(cx + r * math.cos(2 * math.pi * k / n), cy + r * math.sin(2 * math.pi * k / n))
+                for k in range(n)]
+    raise DataFormatError(f"{where}.shape_type: {st!r} is not supported "
+                          f"(supported: {', '.join(SHAPE_TYPES)})")
+
+
+def _find_image(js: Path, image_path: str | None, img_root: Path | None) -> Path:
+    rel = (image_path or "").replace("\\", "/")
+    candidates = []
+    if img_root is not None:
+        if rel:
+            candidates.append(img_root / Path(rel).name)
+        for ext in (".jpg", ".png", ".jpeg", ".bmp", ".tif", ".tiff"):
+            candidates.append(img_root / (js.stem + ext))
+    if rel:
+        candidates.append(js.parent / rel)
+    for c in candidates:
+        if c.is_file():
+            return c
+    shown = candidates[0] if candidates else js.with_suffix(".jpg")
+    raise DataFormatError(f"{js}: imagePath: image file not found: {shown}")
+
+
+def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None = None,
+                 classes: list[str] | None = None, unlabeled: str = "skip",
+                 split_file: str | os.PathLike | None = None, split: str | None = None,
+                 skip_invalid: bool = False) -> tuple[list[Record], list[str]]:
+    """``split_file``: a text file of image stems, or BSData's ``image_data.json``
+    (``images[].filename`` / ``train_test_split``, selected by ``split``)."""
+    if unlabeled not in ("skip", "normal"):
+        raise DataFormatError(f"unlabeled: must be 'skip' or 'normal', got {unlabeled!r}")
+    aroot = require_path(ann_dir, "ann_dir", kind="dir")
+    img_root = require_path(img_dir, "img_dir", kind="dir") if img_dir is not None else None
+    if unlabeled == "normal" and img_root is None:
+        raise DataFormatError("unlabeled: 'normal' needs img_dir (the folder listing every image)")
+    keep = _split_stems(split_file, split)
+    problems = Problems(skip_invalid, str(aroot))
+
+    parsed = []   # (json path, image path, w, h, [(label name, polygon)], meta)
+    for js in sorted(aroot.glob("*.json")):
+        if keep is not None and js.stem not in keep:
+            continue
+        try:
+            data = _load_json(js)
+            if not isinstance(data.get("shapes", []), list):
+                raise DataFormatError(f"{js}: shapes: must be a list")
+            img = _find_image(js, data.get("imagePath"), img_root)
+            w, h = data.get("imageWidth"), data.get("imageHeight")
+            if w is None or h is None:
+                w, h = image_size(img)
+            w, h = int(w), int(h)
+            shapes = []
+            for i, s in enumerate(data.get("shapes", [])):
+                where = f"{js}: shapes[{i}]"
+                if not isinstance(s, dict) or not isinstance(s.get("label"), str):
+                    raise DataFormatError(f"{where}.label: missing or not a string")
+                poly = _shape_polygon(s, where)
+                xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+                box = check_box(min(xs), min(ys), max(xs), max(ys), w, h, f"{where}.points")
+                poly = [(min(max(x, 0.0), w), min(max(y, 0.0), h)) for x, y in poly]
+                shapes.append((s["label"], poly, box))
+        except DataFormatError as e:
+            problems(e)
+            continue
+        parsed.append((js, img, w, h, shapes))
+
+    classes = resolve_classes(classes, [lab for *_, shapes in parsed for lab, _, _ in shapes],
+                              str(aroot))
+    index = {c: i for i, c in enumerate(classes)}
+    records: list[Record] = []
+    seen_images = set()
+    for js, img, w, h, shapes in parsed:
+        unknown = [(i, lab) for i, (lab, _, _) in enumerate(shapes) if lab not in index]
+        if unknown:
+            i, lab = unknown[0]
+            problems(DataFormatError(f"{js}: shapes[{i}].label {lab!r} is not in classes {classes}"))
+            continue
+        seen_images.add(img.resolve())
+        records.append(Record(
+            img_path=str(img), id=js.stem,
+            boxes=as_boxes([b for _, _, b in shapes]),
+            labels=as_labels([index[lab] for lab, _, _ in shapes]),
+            polygons=[(index[lab], poly) for lab, poly, _ in shapes],
+            is_defective=int(len(shapes) > 0), width=w, height=h,
+            meta={"ann_file": str(js)}))
+    if unlabeled == "normal":
+        for p in list_images(img_root):
+            if p.resolve() in seen_images or (keep is not None and p.stem not in keep):
+                continue
+            records.append(Record(img_path=str(p), id=p.stem, polygons=[], is_defective=0,
+                                  meta={"ann_file": None}))
+    problems.report("annotation files")
+    check_nonempty(records, str(aroot), "annotated images (LabelMe *.json)")
+    return records, classes
+
+
+def _split_stems(split_file, split) -> set[str] | None:
+    if split_file is None:
+        return None
+    p = Path(split_file)
+    if p.suffix.lower() != ".json":
+        return set(read_split_file(p))
+    data = _load_json(require_path(p, "split_file"))
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise DataFormatError(f"{p}: split_file: expected BSData's {{'images': [...]}}")
+    if split is None:
+        raise DataFormatError(f"{p}: split: required with a json split_file (e.g. 'train')")
+    stems = {Path(str(im.get("filename", ""))).stem for im in images
+             if isinstance(im, dict) and im.get("train_test_split") == split}
+    if not stems:
+        raise DataFormatError(f"{p}: no image has train_test_split == {split!r} (empty split)")
+    return stems
+

@@ -1,0 +1,95 @@
+"""Images + class-index PNG masks matched by stem (Defect Spectrum style)::
+
+    <img_dir>/<stem>.<ext>
+    <mask_dir>/<stem><mask_suffix>.png     single channel: 0 background, k+1 = classes[k]
+
+``classes`` (required) names the defect classes in mask order. Every mask is
+opened once while reading (PNG decoding of masks only, not the images) to check
+that its values are within ``0..len(classes)`` and to set ``is_defective``
+(any non-zero pixel). ``missing_mask``: ``'error'`` (default) or ``'normal'``
+(an image without a mask is a normal image with an all-zero mask).
+``split_file`` optionally lists the image stems to use, one a line (e.g. the
+VOC ``ImageSets/Main/train.txt`` of the synthetic sets).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .common import (DataFormatError, Problems, Record, check_nonempty, find_by_stem,
+                     list_images, read_split_file, require_path, resolve_classes)
+
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+
+
+def mask_value_range(path: str | os.PathLike) -> tuple[int, int, tuple[int, int]]:
+    """(min, max, (w, h)) of a single-channel class-index mask file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if im.mode in ("RGB", "RGBA"):
+                bands = im.getextrema()[:3]
+                arr = np.asarray(im.convert("RGB"))
+                if not (np.array_equal(arr[..., 0], arr[..., 1])
+                        and np.array_equal(arr[..., 0], arr[..., 2])):
+                    raise DataFormatError(f"{path}: mask must be a single-channel class-index image, "
+                                          f"got a colour {im.mode} image")
+                lo, hi = bands[0]
+            elif im.mode == "P":
+                arr = np.asarray(im)   # palette indices are the class ids
+                lo, hi = int(arr.min()), int(arr.max())
+            else:
+                lo, hi = im.getextrema() if im.mode != "1" else (0, 1)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataFormatError(f"{path}: cannot read mask: {e}") from e
+    return int(lo), int(hi), size
+
+
+def read_mask_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike,
+                     classes: list[str] | None, mask_suffix: str = "",
+                     split_file: str | os.PathLike | None = None, missing_mask: str = "error",
+                     skip_invalid: bool = False) -> tuple[list[Record], list[str]]:
+    if missing_mask not in ("error", "normal"):
+        raise DataFormatError(f"missing_mask: must be 'error' or 'normal', got {missing_mask!r}")
+    iroot = require_path(img_dir, "img_dir", kind="dir")
+    mroot = require_path(mask_dir, "mask_dir", kind="dir")
+    if not classes:
+        raise DataFormatError("classes: required for a mask folder (the name of each mask value "
+                              "1..K, in order)")
+    classes = resolve_classes(classes, [], str(mroot))
+    keep = set(read_split_file(split_file)) if split_file is not None else None
+    problems = Problems(skip_invalid, str(mroot))
+    records = []
+    images = list_images(iroot)
+    if keep is not None:
+        missing = sorted(keep - {p.stem for p in images})
+        if missing:
+            problems(DataFormatError(f"{split_file}: {len(missing)} listed image(s) not found in "
+                                     f"img_dir {iroot}: {missing[:5]}"))
+        images = [p for p in images if p.stem in keep]
+    for img in images:
+        mask = find_by_stem(mroot, img.stem, mask_suffix, MASK_EXTENSIONS)
+        if mask is None:
+            if missing_mask == "normal":
+                records.append(Record(img_path=str(img), id=img.stem, is_defective=0,
+                                      meta={"mask_path": None}))
+                continue
+            problems(DataFormatError(f"{img}: mask not found: {mroot / (img.stem + mask_suffix + '.png')}"))
+            continue
+        try:
+            lo, hi, (w, h) = mask_value_range(mask)
+            if lo < 0 or hi > len(classes):
+                raise DataFormatError(f"{mask}: mask value {hi if hi > len(classes) else lo} is outside "
+                                      f"0..{len(classes)} (classes: {classes})")
+        except DataFormatError as e:
+            problems(e)
+            continue
+        records.append(Record(img_path=str(img), id=img.stem, mask_path=str(mask),
+                              mask_kind="index", is_defective=int(hi > 0), width=w, height=h,
+                              meta={"mask_path": str(mask)}))
+    problems.report("images")
+    check_nonempty(records, f"{iroot} (with masks in {mroot})")
+    return records, classes

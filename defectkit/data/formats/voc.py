@@ -1,0 +1,142 @@
+"""Pascal VOC XML (LabelImg's output)::
+
+    <root>/Annotations/<stem>.xml
+    <root>/ImageSets/Main/<split>.txt      (optional: image stems, one a line)
+    <root>/JPEGImages/<filename>           (or ``img_dir``)
+
+Read per ``<object>``: ``name``, ``difficult`` (kept in ``meta['difficult']``,
+aligned with the boxes as read, before any transform; ``skip_difficult`` drops
+those objects instead) and ``bndbox`` ``xmin ymin xmax ymax`` used as written
+(absolute pixels, no -1 shift). ``size/width``/``height`` give the image size
+(the image header is read when they are missing or 0).
+The image is ``img_dir/<filename>``, else ``<root>/JPEGImages/<filename>``, else
+``<path>`` (absolute or relative to the XML), else ``<stem>.<ext>`` in those folders.
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from .common import (IMG_EXTENSIONS, DataFormatError, Problems, Record, as_boxes, as_labels,
+                     check_box, check_nonempty, find_by_stem, image_size, read_split_file,
+                     require_path, resolve_classes)
+
+
+def _text(node, tag: str, where: str, required: bool = True) -> str | None:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        if required:
+            raise DataFormatError(f"{where}: field <{tag}> is missing")
+        return None
+    return child.text.strip()
+
+
+def _number(node, tag: str, where: str) -> float:
+    v = _text(node, tag, where)
+    try:
+        return float(v)
+    except ValueError:
+        raise DataFormatError(f"{where}: field <{tag}> is not a number: {v!r}") from None
+
+
+def _find_image(xml: Path, filename: str | None, path: str | None, dirs: list[Path]) -> Path:
+    for d in dirs:
+        if filename and (d / filename).is_file():
+            return d / filename
+    if path:
+        p = Path(path.replace("\\", "/"))
+        c = p if p.is_absolute() else xml.parent / p     # LabelImg: relative to the XML
+        if c.is_file():
+            return c
+    stem = Path(filename).stem if filename else xml.stem
+    for d in dirs:
+        found = find_by_stem(d, stem, extensions=IMG_EXTENSIONS) or find_by_stem(d, xml.stem)
+        if found is not None:
+            return found
+    if not dirs:
+        raise DataFormatError(f"{xml}: filename: image file not found: {filename or xml.stem} "
+                              f"(no img_dir given and no JPEGImages folder next to Annotations; "
+                              f"set img_dir)")
+    raise DataFormatError(f"{xml}: filename: image file not found: {dirs[0] / (filename or xml.stem)}")
+
+
+def read_voc(root: str | os.PathLike, split: str | None = None, img_dir: str | os.PathLike | None = None,
+             classes: list[str] | None = None, skip_difficult: bool = False,
+             skip_invalid: bool = False) -> tuple[list[Record], list[str]]:
+    base = require_path(root, "root", kind="dir")
+    ann_dir = base / "Annotations"
+    if not ann_dir.is_dir():
+        raise DataFormatError(f"root: {ann_dir} not found (expected <root>/Annotations/*.xml)")
+    dirs = [require_path(img_dir, "img_dir", kind="dir")] if img_dir is not None else []
+    if (base / "JPEGImages").is_dir():
+        dirs.append(base / "JPEGImages")
+    if split is not None:
+        split_txt = base / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_txt.is_file():
+            raise DataFormatError(f"split: {split_txt} not found")
+        stems = read_split_file(split_txt, "split")
+        xmls = [ann_dir / f"{s}.xml" for s in stems]
+    else:
+        xmls = sorted(ann_dir.glob("*.xml"))
+    problems = Problems(skip_invalid, str(ann_dir))
+
+    parsed = []
+    for xml in xmls:
+        try:
+            if not xml.is_file():
+                raise DataFormatError(f"{xml}: annotation file not found (listed in split {split!r})")
+            try:
+                tree = ET.parse(xml)
+            except ET.ParseError as e:
+                raise DataFormatError(f"{xml}: broken XML: {e}") from e
+            ann = tree.getroot()
+            filename = _text(ann, "filename", str(xml), required=False)
+            img = _find_image(xml, filename, _text(ann, "path", str(xml), required=False), dirs)
+            size = ann.find("size")
+            w = h = None
+            if size is not None:
+                w = _text(size, "width", f"{xml}: size", required=False)
+                h = _text(size, "height", f"{xml}: size", required=False)
+            try:
+                w, h = int(float(w)), int(float(h))
+            except (TypeError, ValueError):
+                w = h = 0
+            if w <= 0 or h <= 0:
+                w, h = image_size(img)
+            objs = []
+            for i, obj in enumerate(ann.findall("object")):
+                where = f"{xml}: object[{i}]"
+                name = _text(obj, "name", where)
+                difficult = _text(obj, "difficult", where, required=False)
+                difficult = bool(int(float(difficult))) if difficult else False
+                if difficult and skip_difficult:
+                    continue
+                bb = obj.find("bndbox")
+                if bb is None:
+                    raise DataFormatError(f"{where}: field <bndbox> is missing")
+                coords = [_number(bb, t, f"{where}.bndbox") for t in ("xmin", "ymin", "xmax", "ymax")]
+                box = check_box(*coords, w, h, f"{where}.bndbox ({name})")
+                objs.append((name, box, difficult))
+        except DataFormatError as e:
+            problems(e)
+            continue
+        parsed.append((xml, img, w, h, objs))
+
+    classes = resolve_classes(classes, [n for *_, objs in parsed for n, _, _ in objs], str(ann_dir))
+    index = {c: i for i, c in enumerate(classes)}
+    records = []
+    for xml, img, w, h, objs in parsed:
+        unknown = [(i, n) for i, (n, _, _) in enumerate(objs) if n not in index]
+        if unknown:
+            i, n = unknown[0]
+            problems(DataFormatError(f"{xml}: object[{i}].name {n!r} is not in classes {classes}"))
+            continue
+        records.append(Record(
+            img_path=str(img), id=xml.stem, boxes=as_boxes([b for _, b, _ in objs]),
+            labels=as_labels([index[n] for n, _, _ in objs]), is_defective=int(len(objs) > 0),
+            width=w, height=h,
+            meta={"ann_file": str(xml), "difficult": [d for _, _, d in objs]}))
+    problems.report("annotation files")
+    check_nonempty(records, str(ann_dir) + (f" (split {split!r})" if split else ""), "images")
+    return records, classes

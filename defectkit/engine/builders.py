@@ -1,0 +1,126 @@
+"""Build models, datasets, evaluators and loaders from config dicts.
+
+Shared by the trainer and the tools (``tools/test.py``, ``tools/benchmark.py``).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Iterable
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.collate import collate, to_device
+from ..registry import DATASETS, EVALUATORS, MODELS, Registry
+from .distributed import get_rank, get_world_size
+from .sampler import InferenceSampler, TrainSampler
+from .seeding import mix_seed, worker_init_fn
+
+
+def accepts(obj: Any, name: str) -> bool:
+    """Whether the constructor/function ``obj`` takes a keyword argument ``name``."""
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def build_with_defaults(registry: Registry, cfg: dict, **defaults: Any) -> Any:
+    """``registry.build(cfg)`` adding each ``defaults`` entry the constructor accepts and
+    the config does not set (config keys always win)."""
+    obj = registry.get(cfg["type"])
+    extra = {k: v for k, v in defaults.items()
+             if v is not None and k not in cfg and accepts(obj, k)}
+    return registry.build(cfg, **extra)
+
+
+def build_model(model_cfg: dict, classes: list[str] | None = None) -> torch.nn.Module:
+    """Build ``model_cfg``; ``num_classes=len(classes)`` and ``classes`` are passed when the
+    constructor takes them and the config leaves them out."""
+    defaults: dict[str, Any] = {}
+    if classes is not None:
+        defaults = {"num_classes": len(classes), "classes": list(classes)}
+    return build_with_defaults(MODELS, model_cfg, **defaults)
+
+
+def build_dataset(dataset_cfg: dict) -> Any:
+    return DATASETS.build(dataset_cfg)
+
+
+def build_evaluator(eval_cfg: dict, classes: list[str] | None = None) -> Any:
+    return build_with_defaults(EVALUATORS, eval_cfg, classes=list(classes) if classes is not None else None)
+
+
+def dataset_classes(dataset: Any, cfg: dict | None = None) -> list[str] | None:
+    classes = getattr(dataset, "classes", None)
+    if classes is None and cfg is not None:
+        classes = cfg.get("classes")
+    return list(classes) if classes is not None else None
+
+
+def build_train_loader(dataset: Any, batch_size: int, sampler: TrainSampler, epoch: int,
+                       num_workers: int = 0, drop_last: bool = False, seed: int = 0,
+                       pin_memory: bool = False) -> DataLoader:
+    """A fresh loader for one epoch (the trainer rebuilds it every epoch so that
+    ``dataset.set_epoch`` reaches the workers); worker seeds depend on (seed, epoch, rank)."""
+    g = torch.Generator()
+    g.manual_seed(mix_seed(seed, epoch, sampler.rank, 1))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate, drop_last=drop_last, pin_memory=pin_memory,
+                      worker_init_fn=worker_init_fn if num_workers > 0 else None, generator=g)
+
+
+def build_eval_loader(dataset: Any, batch_size: int = 1, num_workers: int = 0,
+                      pin_memory: bool = False, distributed: bool = True) -> DataLoader:
+    """Ordered loader over this rank's contiguous, unpadded shard (whole set when alone)."""
+    rank, world = (get_rank(), get_world_size()) if distributed else (0, 1)
+    sampler = InferenceSampler(len(dataset), rank, world)
+    g = torch.Generator()
+    g.manual_seed(0)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate, pin_memory=pin_memory,
+                      worker_init_fn=worker_init_fn if num_workers > 0 else None, generator=g)
+
+
+def iters_per_epoch(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    return num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
+
+
+class DeviceLoader:
+    """Wraps a loader so it yields batches already on ``device`` (what ``model.fit`` gets)."""
+
+    def __init__(self, loader: Iterable, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield to_device(batch, self.device, non_blocking=self.device.type == "cuda")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def init_model(cfg: dict, checkpoint: str | None = None, device: str | torch.device | None = None,
+               strict: bool = True) -> tuple[torch.nn.Module, dict]:
+    """A model for inference: built from ``cfg['model']`` with the classes stored in the
+    checkpoint (else the config's test/val dataset is not opened: ``cfg['classes']``),
+    weights loaded, moved to ``device`` and put in eval mode. Returns ``(model, meta)``."""
+    from .checkpoint import extract_state_dict, load_checkpoint, load_state_dict
+
+    meta: dict = {}
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint, map_location="cpu")
+        meta = ckpt.get("meta") or {} if isinstance(ckpt, dict) else {}
+    classes = meta.get("classes") or cfg.get("classes")
+    model = build_model(cfg["model"], classes)
+    if ckpt is not None:
+        load_state_dict(model, extract_state_dict(ckpt, str(checkpoint)), strict=strict,
+                        source=str(checkpoint))
+    dev = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev).eval()
+    return model, meta

@@ -1,0 +1,76 @@
+"""Shared plumbing of evaluators (see docs/architecture.md, "An evaluator").
+
+The life cycle, driven by the trainer or ``tools/test.py``:
+
+    ev.reset()
+    for batch in loader:
+        ev.process(batch, model.predict(batch))     # every rank, picklable records
+    ev.records = gathered records of every rank      # rank 0
+    metrics = ev.compute(); print(ev.summary(metrics)); ev.save_artifacts(metrics, out_dir)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class BaseEvaluator:
+    main_metric: str = ""
+    greater_is_better: bool = True
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def reset(self) -> None:
+        self.records = []
+
+    def process(self, batch: dict, results: list) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        return format_scalars(metrics)
+
+    def save_artifacts(self, metrics: dict[str, Any], out_dir: str) -> list[str]:
+        """Write plots into ``out_dir``; returns the written paths."""
+        return []
+
+
+# ---------------------------------------------------------------------- helpers
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The flat ``{name: float}`` part of a metrics dict (what gets logged / compared)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def batch_meta(batch: dict, i: int) -> dict:
+    """``batch['meta'][i]`` or an empty dict."""
+    metas = batch.get("meta")
+    if metas is None or i >= len(metas) or not isinstance(metas[i], dict):
+        return {}
+    return metas[i]
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def format_table(header: list[str], rows: list[list[Any]], digits: int = 4) -> str:
+    """A plain monospace table: first column left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in header]] + [[_fmt(c, digits) for c in r] for r in rows]
+    widths = [max(len(r[j]) for r in cells) for j in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(widths[0]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(r))
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def format_scalars(metrics: dict[str, Any], digits: int = 4) -> str:
+    flat = scalar_metrics(metrics)
+    return format_table(["metric", "value"], [[k, v] for k, v in flat.items()], digits)

@@ -1,0 +1,105 @@
+"""Evaluate a checkpoint on the config's test split.
+
+    python tools/test.py configs/classifier/resnet18_tiny_synth.yaml work_dirs/resnet18_tiny_synth/latest.pth
+
+Prints the metrics table and the model-call time per image (ATT: mean, over GT-normal
+and over GT-defective images), and writes to the output dir (default:
+work_dirs/<config-stem>/test/): metrics.json, predictions.json, plots (confusion
+matrix, curves) and, with --show N, N visualised predictions.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from _common import add_cfg_options, load, pipeline_norm, result_names
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--out-dir", help="default: work_dirs/<config-stem>/test")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"],
+                   help="which data split of the config to evaluate (default: test)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per model call (default 1, so ATT is per-image latency)")
+    p.add_argument("--num-workers", type=int, help="data loader workers (default: data.num_workers)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="draw the first N predictions")
+    add_cfg_options(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load(args)
+    import torch
+
+    from defectkit.engine import (build_dataset, build_eval_loader, build_evaluator, default_work_dir,
+                                  init_model, resolve_device, run_inference)
+
+    data_cfg = cfg.get("data", {}).get(args.split)
+    if not data_cfg:
+        sys.exit(f"config error: data.{args.split} is not set in {args.config}")
+    if "evaluation" not in cfg:
+        sys.exit(f"config error: no `evaluation` section in {args.config}")
+    out_dir = Path(args.out_dir or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "test")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    device = resolve_device(args.device or cfg.get("device"))
+    dataset = build_dataset(data_cfg)
+    model, meta = init_model(cfg, args.checkpoint, device)
+    classes = meta.get("classes") or dataset.classes
+    evaluator = build_evaluator(cfg["evaluation"], classes)
+    workers = args.num_workers if args.num_workers is not None else cfg["data"].get("num_workers", 2)
+    loader = build_eval_loader(dataset, batch_size=args.batch_size, num_workers=workers, distributed=False)
+
+    print(f"evaluating {args.checkpoint} on data.{args.split}: {len(dataset)} images, device {device}")
+    t0 = time.perf_counter()
+    out = run_inference(model, loader, evaluator, device)
+    wall = time.perf_counter() - t0
+    metrics = dict(out.metrics or {})
+    metrics.update(out.timing)
+    print(evaluator.summary(metrics))
+    t = out.timing
+    print(f"ATT (model call per image, batch {args.batch_size}): {t['att_ms']:.2f} ms | "
+          f"GT-normal {t['att_normal_ms']:.2f} ms | GT-defective {t['att_defective_ms']:.2f} ms"
+          f"   ({t['num_images']} images, {wall:.1f} s wall)")
+
+    record = {"config": str(args.config), "checkpoint": str(args.checkpoint), "split": args.split,
+              "device": str(device), "torch": torch.__version__, "batch_size": args.batch_size,
+              "metrics": metrics}
+    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=float))
+    write_predictions = getattr(evaluator, "write_predictions", None)
+    if callable(write_predictions):
+        pred_path = write_predictions(out.results, out.metas, out_dir)
+    else:
+        pred_path = out_dir / "predictions.json"
+        pred_path.write_text(json.dumps(
+            [{"id": m.get("id"), "path": m.get("path"), **r.to_json()}
+             for r, m in zip(out.results, out.metas)], indent=1, ensure_ascii=False))
+    artifacts = evaluator.save_artifacts(metrics, out_dir) or []
+    if args.show:
+        artifacts += show(dataset, out.results, cfg, classes, out_dir / "show", args.show)
+    print(f"wrote {out_dir / 'metrics.json'}, {pred_path}" +
+          "".join(f", {a}" for a in artifacts))
+    return 0
+
+
+def show(dataset, results, cfg, classes, out_dir, n):
+    from defectkit.visualization import draw_result, to_pil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mean, std = pipeline_norm(dataset.pipeline)
+    for i, res in enumerate(results[:n]):
+        sample = dataset[i]
+        gt = int(sample["is_defective"]) if "is_defective" in sample else None
+        img = draw_result(to_pil(sample["image"], mean, std), res, result_names(cfg, res, classes), gt=gt)
+        img.save(out_dir / f"{i:05d}.png")
+    return [str(out_dir)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
