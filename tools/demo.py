@@ -1,0 +1,96 @@
+"""`make demo`: synthetic data -> train -> test -> benchmark for every small model, then one table.
+
+    python tools/demo.py            # reuses data and finished runs when present
+    python tools/demo.py --fresh    # regenerate data and retrain everything
+
+Each step runs the same command a user would type (printed before it runs), so the
+demo doubles as a walk-through of the tools. Families add a row to RUNS as they land.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# the synthetic datasets the runs need: out dir -> make_synth arguments
+DATASETS = {
+    "data/synth_fabric": ["--preset", "fabric", "--num-images", "400", "--size", "256x256", "--seed", "0"],
+}
+
+# one row per run: (family, config, the metrics shown in the table)
+RUNS = [
+    ("classifier", "configs/classifier/resnet18_tiny_synth.yaml",
+     [("accuracy", "acc"), ("f1_macro", "macro-F1"), ("roc_auc", "AUROC")]),
+]
+
+
+def run(cmd: list[str]) -> None:
+    print("\n$ " + " ".join(str(c) for c in cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"demo: step failed (exit {proc.returncode}): {' '.join(map(str, cmd))}")
+    print(f"[demo] done in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def make_data(out: str, synth_args: list[str], fresh: bool) -> None:
+    info = ROOT / out / "dataset.json"
+    if info.is_file() and not fresh:
+        print(f"[demo] reusing {out} (delete it or pass --fresh to regenerate)")
+        return
+    run([PY, "tools/make_synth.py", "--out", out, *synth_args])
+
+
+def finished(work_dir: Path) -> bool:
+    """A previous run of this config reached its last epoch (its test metrics exist)."""
+    return (work_dir / "test" / "metrics.json").is_file() and (work_dir / "latest.pth").is_file()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fresh", action="store_true", help="regenerate data and retrain")
+    args = p.parse_args(argv)
+    t_start = time.perf_counter()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+    for out, synth_args in DATASETS.items():
+        make_data(out, synth_args, args.fresh)
+
+    rows = []
+    for family, config, shown in RUNS:
+        stem = Path(config).stem
+        work_dir = ROOT / "work_dirs" / stem
+        ckpt = work_dir / "latest.pth"
+        t0 = time.perf_counter()
+        if args.fresh or not finished(work_dir):
+            run([PY, "tools/train.py", config, "--work-dir", work_dir] + ([] if args.fresh else ["--resume"]
+                                                                          if ckpt.is_file() else []))
+            run([PY, "tools/test.py", config, ckpt, "--out-dir", work_dir / "test"])
+        else:
+            print(f"[demo] reusing the finished run in {work_dir.relative_to(ROOT)} (--fresh retrains)")
+        train_s = time.perf_counter() - t0
+        run([PY, "tools/benchmark.py", config, ckpt, "--out", work_dir / "benchmark.json"])
+        metrics = json.loads((work_dir / "test" / "metrics.json").read_text())["metrics"]
+        bench = json.loads((work_dir / "benchmark.json").read_text())
+        rows.append((family, stem, [(label, metrics.get(key)) for key, label in shown], bench, train_s))
+
+    print("\n## defectkit demo results (CPU, synthetic data)\n")
+    for family, stem, vals, bench, train_s in rows:
+        header = ["family", "config"] + [label for label, _ in vals] + ["ms/img (p50)", "params (M)",
+                                                                         "train+test (s)"]
+        cells = [family, stem] + [f"{v:.3f}" if isinstance(v, (int, float)) else "n/a" for _, v in vals] + [
+            f"{bench['ms_per_image']['p50']:.1f}", f"{bench['params'] / 1e6:.2f}", f"{train_s:.0f}"]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        print("| " + " | ".join(cells) + " |\n")
+    print(f"demo finished in {time.perf_counter() - t_start:.0f} s; outputs in work_dirs/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
