@@ -2,6 +2,7 @@
 best/latest checkpoints, logs, the fit path, config errors."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -231,3 +232,38 @@ def test_cuda_amp_training(tmp_path):
     t2, r2 = _run(toy_config(train={"epochs": 3, "amp": True, "grad_clip": 1.0}, device="cuda"),
                   tmp_path, resume="auto")
     assert r2.history[0]["iter"] == 9
+
+
+def test_tensorboard_and_config_path_entry(tmp_path, monkeypatch):
+    import yaml
+
+    cfg = toy_config(train={"epochs": 1, "tensorboard": True})
+    path = tmp_path / "toy_e1.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    r = train(path)                                   # a file path: work_dirs/<stem>
+    assert r.work_dir == Path("work_dirs/toy_e1")
+    assert list((tmp_path / "work_dirs/toy_e1/tb").glob("events.out.tfevents.*"))
+
+
+def test_seed_and_determinism_settings(tmp_path):
+    t = Trainer(toy_config(seed=None, train={"epochs": 1}, evaluation=None), work_dir=tmp_path,
+                deterministic=True)
+    try:
+        assert isinstance(t.seed, int) and torch.are_deterministic_algorithms_enabled()
+        t.train()
+        assert f"seed: {t.seed}" in (tmp_path / "config.yaml").read_text()
+    finally:
+        t.close()
+        torch.use_deterministic_algorithms(False)
+    assert load_checkpoint(tmp_path / "latest.pth")["meta"]["seed"] == t.seed
+    # resuming reuses the checkpoint's seed (the data order depends on it)
+    t2 = Trainer(toy_config(seed=None, train={"epochs": 2}, evaluation=None), work_dir=tmp_path, resume="auto")
+    t2.close()
+    assert t2.seed == t.seed and t2.epoch == 1
+    # resume="auto" in an empty work dir starts from scratch; a missing path is an error
+    t3 = Trainer(toy_config(), work_dir=tmp_path / "empty", resume="auto")
+    t3.close()
+    assert t3.iter == 0 and t3.resume_path is None
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        Trainer(toy_config(), work_dir=tmp_path / "x", resume=tmp_path / "nope.pth")

@@ -5,6 +5,8 @@ from .builders import (build_dataset, build_eval_loader, build_evaluator, build_
                        build_train_loader, init_model)
 from .checkpoint import (CheckpointError, CheckpointNotFoundError, extract_state_dict,  # noqa: F401
                          find_latest_checkpoint, load_checkpoint, load_state_dict, save_checkpoint)
+from .distributed import (all_gather_object, barrier, broadcast_object, get_rank,  # noqa: F401
+                          get_world_size, init_distributed, is_main_process, unwrap_model)
 from .inference import InferenceOutput, run_inference, summarize_times  # noqa: F401
 from .trainer import (NonFiniteLossError, Trainer, TrainResult, default_work_dir,  # noqa: F401
                       resolve_device, train)

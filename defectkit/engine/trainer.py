@@ -34,11 +34,12 @@ from ..registry import LR_SCHEDULES
 from . import distributed as dist_utils
 from .builders import (DeviceLoader, build_dataset, build_eval_loader, build_evaluator, build_model,
                        build_train_loader, dataset_classes, iters_per_epoch)
-from .checkpoint import (extract_state_dict, find_latest_checkpoint, load_checkpoint, load_state_dict,
-                         make_checkpoint, make_meta, save_checkpoint, link_or_copy, update_latest)
+from .checkpoint import (CheckpointError, CheckpointNotFoundError, extract_state_dict,
+                         find_latest_checkpoint, link_or_copy, load_checkpoint, load_state_dict,
+                         make_checkpoint, make_meta, save_checkpoint, update_latest)
 from .inference import run_inference
 from .logger import (ProgressBar, ScalarWriter, close_logger, collect_env, flat_scalars, format_env,
-                     format_eta, get_logger, memory_mb, setup_logger)
+                     format_eta, memory_mb, setup_logger)
 from .lr_schedule import ConstantLR, LRSchedule
 from .optim import build_optimizer
 from .sampler import TrainSampler
@@ -87,7 +88,7 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
             raise RuntimeError(f"device '{device}' was requested but CUDA is not available "
                                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
                                f"use device: cpu")
-        if d.index is None:
+        if d.index is None or dist_utils.get_world_size() > 1:   # one GPU per process under torchrun
             d = torch.device("cuda", local_rank)
     return d
 
@@ -162,6 +163,7 @@ class Trainer:
 
         # -- what to resume from (its seed is needed before anything random happens)
         self._resume_ckpt: dict | None = None
+        self._resume_note: str | None = None
         self.resume_path: Path | None = None
         if resume is not None and resume is not False:
             self.resume_path = self._resolve_resume(resume)
@@ -176,8 +178,8 @@ class Trainer:
         self.deterministic = bool(deterministic if deterministic is not None else cfg.get("deterministic", False))
         self.load_from = load_from if load_from is not None else cfg.get("load_from")
 
-        cfg.update(seed=self.seed, deterministic=self.deterministic, work_dir=str(self.work_dir),
-                   device=str(self.device))
+        # the resolved config records what the run used (``device`` stays as written: null = auto)
+        cfg.update(seed=self.seed, deterministic=self.deterministic, work_dir=str(self.work_dir))
         if self.load_from is not None:
             cfg["load_from"] = str(self.load_from)
         self.cfg = cfg
@@ -190,6 +192,8 @@ class Trainer:
         self.logger.info(format_env(collect_env(self.device, self.world_size)))
         self.logger.info(f"work_dir: {self.work_dir.resolve()}  seed: {self.seed}  "
                          f"deterministic: {self.deterministic}")
+        if self._resume_note:
+            self.logger.info(self._resume_note)
         set_seed(self.seed, self.deterministic)
 
         self.amp = bool(self.train_cfg.amp)
@@ -200,8 +204,6 @@ class Trainer:
             self.amp = False
 
         # -- data, model
-        if not self.data_cfg.train:
-            raise ConfigError("data.train: a training dataset is required")
         self.train_set = build_dataset(self.data_cfg.train)
         self.val_set = build_dataset(self.data_cfg.val) if self.data_cfg.val else None
         self.classes = dataset_classes(self.train_set, cfg)
@@ -274,6 +276,7 @@ class Trainer:
         self._resume_rng: dict | None = None
         self._kept: list[Path] = []
         self._warned_missing_metric = False
+        self.load_report = None    # LoadReport of load_from
 
         if self._resume_ckpt is not None:
             self._apply_resume(self._resume_ckpt)
@@ -295,6 +298,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ configuration
     def _check_settings(self, cfg: dict) -> None:
+        if not cfg.get("model"):
+            raise ConfigError("model: required (a dict with a 'type' from the model registry)")
+        if not self.data_cfg.train:
+            raise ConfigError("data.train: a training dataset is required")
         t = self.train_cfg
         if t.max_iters is None and not t.epochs:
             raise ConfigError("train: set train.epochs (epoch-based) or train.max_iters (iteration-based)")
@@ -316,11 +323,10 @@ class Trainer:
         if str(resume) == "auto" or resume is True:
             path = find_latest_checkpoint(self.work_dir)
             if path is None:
-                return None
+                self._resume_note = f"resume=auto: no checkpoint in {self.work_dir}; starting from scratch"
             return path
         path = Path(resume)
         if not path.is_file():
-            from .checkpoint import CheckpointNotFoundError
             raise CheckpointNotFoundError(f"--resume: checkpoint file not found: {path}")
         return path
 
@@ -344,9 +350,8 @@ class Trainer:
         load_state_dict(self.model, extract_state_dict(ckpt, src), strict=True, source=src)
         if not self.fit_mode:
             if ckpt.get("optimizer") is None:
-                raise_msg = f"{src}: has no optimizer state; use load_from to start from its weights"
-                from .checkpoint import CheckpointError
-                raise CheckpointError(raise_msg)
+                raise CheckpointError(f"{src}: has no optimizer state, so training cannot resume "
+                                      f"from it; use load_from to start from its weights")
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if self.scaler.is_enabled() and ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
@@ -409,7 +414,7 @@ class Trainer:
             return None
         meta = make_meta(self.cfg, self.epoch, self.iter, self.seed, self.classes, self.best,
                          iters_per_epoch=self.iters_per_epoch, world_size=self.world_size,
-                         max_iters=self.max_iters)
+                         max_iters=self.max_iters, device=str(self.device))
         ckpt = make_checkpoint(self.model, meta, self.optimizer, self.schedule, self.scaler, rng)
         if rng_ranks is not None:
             ckpt["rng_ranks"] = rng_ranks
@@ -583,7 +588,7 @@ class Trainer:
             outputs = self.train_model(batch)
         loss, terms = parse_losses(outputs)
         keys = list(terms)
-        values = dist_utils.all_reduce_mean(torch.stack([terms[k].float() for k in keys]))
+        values = dist_utils.all_reduce_mean(torch.stack([terms[k].float().to(self.device) for k in keys]))
         log_vars = dict(zip(keys, values.tolist()))
         if not all(math.isfinite(log_vars[k]) for k in keys if k.startswith("loss")):
             err = NonFiniteLossError(self.iter + 1, self.epoch + 1, log_vars, self.last_checkpoint)

@@ -466,7 +466,7 @@ def label_skew(canvas, rng, s):
     crop = canvas.crop(reg)
     m = reg.mask
     # paint: erase the straight label, paste the rotated one, only inside the mask
-    region = sc["body"][reg.slices].copy()
+    region = sc["under_label"][reg.slices].copy()
     patch = Image.fromarray(np.clip(sc["label_patch"], 0, 255).astype(np.uint8))
     rp = patch.rotate(-angle, resample=Image.BILINEAR, expand=True)
     ra = Image.new("L", patch.size, 255).rotate(-angle, resample=Image.BILINEAR, expand=True)
@@ -515,7 +515,8 @@ def label_wrinkle(canvas, rng, s):
     hh, ww = reg.mask.shape
     yy, xx = np.mgrid[0:hh, 0:ww].astype(F32)
     lam = lerp(3.0, 8.0, rng.random()) * max(canvas.scale, 0.75)
-    ridges = np.sin((xx * np.cos(ang) + yy * np.sin(ang)) * F32(2 * np.pi / lam)).astype(F32)
+    warp = local_noise(rng, reg.mask.shape, max(2.0, size / 6)) * F32(1.5)
+    ridges = np.sin((xx * np.cos(ang) + yy * np.sin(ang)) * F32(2 * np.pi / lam) + warp).astype(F32)
     a = soft(reg.mask, max(1.0, size / 8))
     crop *= (F32(1.0) + F32(lerp(0.08, 0.35, s)) * ridges * a)[..., None]
     return reg

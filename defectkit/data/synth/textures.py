@@ -270,6 +270,7 @@ def _bottle_label(rng, h, w):
     cx0 = int(round(bcx - cw / 2))
     cy0 = ly0 + lh + max(3, int(0.06 * h))
     glyph_boxes = []
+    under_label = body_img.copy()             # what a moved label uncovers: body + code print
     if cy0 + gh_ < h - 2 and cx0 > bx0 + 2 and cx0 + cw < bx1 - 2:
         bank = _glyph_bank()
         ink_c = F32(25.0) if body_img.mean() > 110 else F32(235.0)
@@ -277,10 +278,10 @@ def _bottle_label(rng, h, w):
             gl = bank[rng.integers(len(bank))]
             m = np.kron(gl, np.ones((dot, dot), bool))
             gx = cx0 + i * gw_
-            sub = img[cy0:cy0 + 7 * dot, gx:gx + 5 * dot]
-            sub[m] = ink_c
+            img[cy0:cy0 + 7 * dot, gx:gx + 5 * dot][m] = ink_c
+            under_label[cy0:cy0 + 7 * dot, gx:gx + 5 * dot][m] = ink_c
             glyph_boxes.append((gx, cy0, gx + 5 * dot - 1, cy0 + 7 * dot - 1))
-    scene = {"kind": "label", "body": body_img, "label": (lx0, ly0, lx0 + lw - 1, ly0 + lh - 1),
+    scene = {"kind": "label", "body": body_img, "under_label": under_label, "label": (lx0, ly0, lx0 + lw - 1, ly0 + lh - 1),
              "label_patch": label, "glyphs": glyph_boxes, "gray": float(img.mean()),
              "classes": ["label_skew", "label_wrinkle", "label_bubble"]
              + (["code_abnormal"] if glyph_boxes else [])}
