@@ -38,11 +38,16 @@ def build_with_defaults(registry: Registry, cfg: dict, **defaults: Any) -> Any:
 
 
 def build_model(model_cfg: dict, classes: list[str] | None = None) -> torch.nn.Module:
-    """Build ``model_cfg``; ``num_classes=len(classes)`` and ``classes`` are passed when the
-    constructor takes them and the config leaves them out."""
+    """Build ``model_cfg`` telling it the dataset's classes when the config does not:
+    a constructor that takes ``classes`` gets the names (and derives its own output
+    count from them and its other options); otherwise ``num_classes=len(classes)`` is
+    passed when the constructor takes it."""
     defaults: dict[str, Any] = {}
     if classes is not None:
-        defaults = {"num_classes": len(classes), "classes": list(classes)}
+        if accepts(MODELS.get(model_cfg["type"]), "classes"):
+            defaults = {"classes": list(classes)}
+        else:
+            defaults = {"num_classes": len(classes)}
     return build_with_defaults(MODELS, model_cfg, **defaults)
 
 

@@ -1,4 +1,4 @@
-"""Image-level classifier: backbone -> global average pool -> (dropout) -> linear.
+"""Image-level classifier: backbone -> global pooling (average, or max) -> (dropout) -> linear.
 
 With ``backbone: resnet50, pretrained: torchvision://resnet50, num_classes: 2`` this is the
 DefectNet "two-model" first stage (torchvision ResNet-50 with ``fc -> Linear(2048, 2)``,
@@ -24,7 +24,8 @@ class ImageClassifier(nn.Module):
     """Args:
         backbone: a name for ``build_backbone`` (resnet18/34/50/101, wide_resnet50_2, small_cnn).
         pretrained: ``torchvision://resnet50``, a local .pth, or null (random init).
-        num_classes: outputs (2 for normal/defective).
+        num_classes: outputs; default 2 for ``target: is_defective``, else the number of
+            ``classes`` (the dataset's class names, filled in by the trainer).
         target: batch key with the image label (``is_defective`` or ``label``).
         frozen_stages: backbone stages kept frozen (-1 none, 0 stem, 1 stem+layer1, ...).
         norm_eval: keep every BatchNorm in eval mode while training (small batches).
@@ -32,19 +33,28 @@ class ImageClassifier(nn.Module):
         class_weights: per-class weights of the cross-entropy (``num_classes`` floats).
         label_smoothing: cross-entropy label smoothing.
         classes: optional class names (for ``target: label``; ignored for ``is_defective``).
+        pool: ``avg`` (global average pooling, as torchvision's ResNet and the DefectNet
+            classifier) or ``max`` (global max pooling: one small defect anywhere in a large
+            image is not averaged away; a better choice when training from scratch).
     """
 
     def __init__(self, backbone: str = "resnet18", pretrained: str | None = None,
-                 num_classes: int = 2, target: str = "is_defective", frozen_stages: int = -1,
-                 norm_eval: bool = False, dropout: float = 0.0,
+                 num_classes: int | None = None, target: str = "is_defective",
+                 frozen_stages: int = -1, norm_eval: bool = False, dropout: float = 0.0,
                  class_weights: list[float] | None = None, label_smoothing: float = 0.0,
-                 classes: list[str] | None = None):
+                 classes: list[str] | None = None, pool: str = "avg"):
         super().__init__()
+        if num_classes is None:
+            if target != "is_defective" and classes is None:
+                raise ValueError(f"ImageClassifier(target='{target}'): set model.num_classes "
+                                 f"(no dataset classes to count)")
+            num_classes = 2 if target == "is_defective" else len(classes)
         if target == "is_defective" and num_classes != 2:
-            hint = (" (probably filled in from the dataset's defect classes; write "
-                    "num_classes: 2 in the model config)" if classes is not None else "")
             raise ValueError(f"ImageClassifier: target 'is_defective' is 0/1, so num_classes must "
-                             f"be 2, got {num_classes}{hint}")
+                             f"be 2, got {num_classes}")
+        if pool not in ("avg", "max"):
+            raise ValueError(f"ImageClassifier: pool must be 'avg' or 'max', got {pool!r}")
+        self.pool = pool
         if num_classes < 2:
             raise ValueError(f"ImageClassifier: num_classes must be >= 2, got {num_classes}")
         self.num_classes = num_classes
@@ -68,7 +78,8 @@ class ImageClassifier(nn.Module):
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, num_classes) logits."""
         feat = self.backbone(images)["layer4"]
-        feat = torch.flatten(F.adaptive_avg_pool2d(feat, 1), 1)
+        pool = F.adaptive_avg_pool2d if self.pool == "avg" else F.adaptive_max_pool2d
+        feat = torch.flatten(pool(feat, 1), 1)
         return self.fc(self.dropout(feat))
 
     def _labels(self, batch: dict, device: torch.device) -> torch.Tensor:
