@@ -7,11 +7,11 @@ import argparse
 from _common import add_cfg_options, load
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     add_cfg_options(p)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     from defectkit.config import to_yaml
 
     print(to_yaml(load(args)), end="")
