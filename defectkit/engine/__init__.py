@@ -8,5 +8,6 @@ from .checkpoint import (CheckpointError, CheckpointNotFoundError, extract_state
 from .distributed import (all_gather_object, barrier, broadcast_object, get_rank,  # noqa: F401
                           get_world_size, init_distributed, is_main_process, unwrap_model)
 from .inference import InferenceOutput, run_inference, summarize_times  # noqa: F401
-from .trainer import (NonFiniteLossError, Trainer, TrainResult, default_work_dir,  # noqa: F401
-                      resolve_device, train)
+from .losses import NonFiniteLossError, parse_losses  # noqa: F401
+from .runtime import default_work_dir, resolve_device  # noqa: F401
+from .trainer import Trainer, TrainResult, train  # noqa: F401

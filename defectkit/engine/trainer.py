@@ -40,26 +40,13 @@ from .checkpoint import (CheckpointError, CheckpointNotFoundError, extract_state
 from .inference import run_inference
 from .logger import (ProgressBar, ScalarWriter, close_logger, collect_env, flat_scalars, format_env,
                      format_eta, memory_mb, setup_logger)
+from .losses import NonFiniteLossError, parse_losses
 from .lr_schedule import ConstantLR, LRSchedule
 from .optim import build_optimizer
+from .runtime import default_work_dir, resolve_device
 from .sampler import TrainSampler
 from .seeding import get_rng_state, preserved_rng, random_seed, set_rng_state, set_seed
 from .settings import DataSettings, TrainSettings
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/Inf loss; the message has the iteration, every loss term and
-    the last good checkpoint."""
-
-    def __init__(self, iteration: int, epoch: int, terms: dict[str, float],
-                 last_checkpoint: str | Path | None):
-        self.iteration, self.epoch, self.terms = iteration, epoch, dict(terms)
-        self.last_checkpoint = last_checkpoint
-        shown = ", ".join(f"{k}={v:.6g}" for k, v in terms.items())
-        where = (f"last good checkpoint: {last_checkpoint} (continue with --resume {last_checkpoint}, "
-                 f"e.g. with a lower lr or train.grad_clip)") if last_checkpoint else \
-            "no checkpoint was saved before it"
-        super().__init__(f"non-finite loss at iteration {iteration} (epoch {epoch}): {shown}; {where}")
 
 
 @dataclass
@@ -72,45 +59,6 @@ class TrainResult:
     best_metric: dict | None = None             # {"name", "value", "epoch", "iter"}
     metrics: dict | None = None                 # last evaluation
     history: list[dict] = field(default_factory=list)   # per-iteration loss terms and lr of this run
-
-
-def default_work_dir(config_path: str | Path) -> Path:
-    """``work_dirs/<config-stem>`` (relative to the current directory)."""
-    return Path("work_dirs") / Path(config_path).stem
-
-
-def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    d = torch.device(device)
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device '{device}' was requested but CUDA is not available "
-                               f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
-                               f"use device: cpu")
-        if d.index is None or dist_utils.get_world_size() > 1:   # one GPU per process under torchrun
-            d = torch.device("cuda", local_rank)
-    return d
-
-
-def parse_losses(outputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss (sum of the ``loss*`` terms) and every term as a scalar tensor."""
-    if not isinstance(outputs, dict):
-        raise TypeError(f"model(batch) must return a dict of losses in train mode, got "
-                        f"{type(outputs).__name__}")
-    terms: dict[str, torch.Tensor] = {}
-    for k, v in outputs.items():
-        if isinstance(v, torch.Tensor):
-            terms[k] = v.mean() if v.numel() != 1 else v.reshape(())
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, torch.Tensor) for x in v):
-            terms[k] = sum(x.mean() for x in v)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            terms[k] = torch.tensor(float(v))
-    loss_keys = [k for k in terms if k.startswith("loss")]
-    if not loss_keys:
-        raise ValueError(f"model(batch) returned no 'loss*' entries (keys: {sorted(outputs)})")
-    total = sum(terms[k] for k in loss_keys)
-    return total, {"loss": total.detach(), **{k: v.detach() for k, v in terms.items() if k != "loss"}}
 
 
 _LOWER_IS_BETTER = {"loss", "error", "err", "time", "att", "fpr", "fnr", "mae", "mse", "rmse", "ms"}

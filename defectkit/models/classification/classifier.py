@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...registry import MODELS
-from ...structures import BINARY_CLASS_NAMES, ClassificationResult, class_names_for  # noqa: F401
+from ...structures import ClassificationResult, class_names_for
 from ..backbones import build_backbone
 
 
