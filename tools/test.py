@@ -93,9 +93,10 @@ def show(dataset, results, cfg, classes, out_dir, n):
 
     out_dir.mkdir(parents=True, exist_ok=True)
     mean, std = pipeline_norm(dataset.pipeline)
+    target = cfg["model"].get("target", "is_defective")
     for i, res in enumerate(results[:n]):
         sample = dataset[i]
-        gt = int(sample["is_defective"]) if "is_defective" in sample else None
+        gt = int(sample[target]) if target in sample else None
         img = draw_result(to_pil(sample["image"], mean, std), res, result_names(cfg, res, classes), gt=gt)
         img.save(out_dir / f"{i:05d}.png")
     return [str(out_dir)]
