@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import register_section
+from ..config import ConfigError, register_section
 from ..registry import DATASETS, EVALUATORS, LR_SCHEDULES, MODELS, OPTIMIZERS
 
 
@@ -45,6 +45,38 @@ class BenchmarkSettings:
     iters: int = 50
     batch_size: int = 1
     num_images: int | None = None   # default: warmup + iters images of the test set
+
+
+def training_settings(cfg: dict) -> tuple[TrainSettings, DataSettings]:
+    """The ``train`` and ``data`` sections as dataclasses, with their values checked
+    (validate_config has already checked the keys)."""
+    def build(cls, name):
+        try:
+            return cls(**(cfg.get(name) or {}))
+        except TypeError as e:   # a last guard; validate_config reports unknown keys first
+            raise ConfigError(f"{name}: {e}") from None
+
+    train, data = build(TrainSettings, "train"), build(DataSettings, "data")
+    if not cfg.get("model"):
+        raise ConfigError("model: required (a dict with a 'type' from the model registry)")
+    if not data.train:
+        raise ConfigError("data.train: a training dataset is required")
+    if train.max_iters is None and not train.epochs:
+        raise ConfigError("train: set train.epochs (epoch-based) or train.max_iters (iteration-based)")
+    for name in ("max_iters", "epochs"):
+        v = getattr(train, name)
+        if v is not None and (not isinstance(v, int) or v <= 0):
+            raise ConfigError(f"train.{name}: must be a positive integer, got {v!r}")
+    for name in ("val_interval", "checkpoint_interval", "log_interval"):
+        v = getattr(train, name)
+        if not isinstance(v, int) or v < 0 or (name == "log_interval" and v == 0):
+            raise ConfigError(f"train.{name}: must be a {'positive' if name == 'log_interval' else 'non-negative'} "
+                              f"integer, got {v!r}")
+    if train.grad_clip is not None and not train.grad_clip > 0:
+        raise ConfigError(f"train.grad_clip: must be > 0 or null, got {train.grad_clip!r}")
+    if not isinstance(data.batch_size, int) or data.batch_size <= 0:
+        raise ConfigError(f"data.batch_size: must be a positive integer, got {data.batch_size!r}")
+    return train, data
 
 
 def _declare() -> None:

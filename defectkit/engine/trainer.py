@@ -46,7 +46,7 @@ from .optim import build_optimizer
 from .runtime import default_work_dir, resolve_device
 from .sampler import TrainSampler
 from .seeding import get_rng_state, preserved_rng, random_seed, set_rng_state, set_seed
-from .settings import DataSettings, TrainSettings
+from .settings import training_settings
 
 
 @dataclass
@@ -71,13 +71,6 @@ def _greater_is_better(metric: str, evaluator: Any) -> bool:
     return not (tokens & _LOWER_IS_BETTER)
 
 
-def _settings(cls, section: dict | None, name: str):
-    try:
-        return cls(**(section or {}))
-    except TypeError as e:   # validate_config catches unknown keys; this is a last guard
-        raise ConfigError(f"{name}: {e}") from None
-
-
 class Trainer:
     """Builds everything from a resolved config and runs training (or fitting).
 
@@ -93,9 +86,7 @@ class Trainer:
                  deterministic: bool | None = None, device: str | torch.device | None = None):
         cfg = copy.deepcopy(cfg)
         validate_config(cfg)
-        self.train_cfg: TrainSettings = _settings(TrainSettings, cfg.get("train"), "train")
-        self.data_cfg: DataSettings = _settings(DataSettings, cfg.get("data"), "data")
-        self._check_settings(cfg)
+        self.train_cfg, self.data_cfg = training_settings(cfg)
         work_dir = work_dir if work_dir is not None else cfg.get("work_dir")
         if work_dir is None:
             raise ConfigError("work_dir: not set; pass work_dir= (tools/train.py uses "
@@ -243,29 +234,6 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.train_cfg.find_unused_parameters)
-
-    # ------------------------------------------------------------------ configuration
-    def _check_settings(self, cfg: dict) -> None:
-        if not cfg.get("model"):
-            raise ConfigError("model: required (a dict with a 'type' from the model registry)")
-        if not self.data_cfg.train:
-            raise ConfigError("data.train: a training dataset is required")
-        t = self.train_cfg
-        if t.max_iters is None and not t.epochs:
-            raise ConfigError("train: set train.epochs (epoch-based) or train.max_iters (iteration-based)")
-        for name in ("max_iters", "epochs"):
-            v = getattr(t, name)
-            if v is not None and (not isinstance(v, int) or v <= 0):
-                raise ConfigError(f"train.{name}: must be a positive integer, got {v!r}")
-        for name in ("val_interval", "checkpoint_interval", "log_interval"):
-            v = getattr(t, name)
-            if not isinstance(v, int) or v < 0 or (name == "log_interval" and v == 0):
-                raise ConfigError(f"train.{name}: must be a {'positive' if name == 'log_interval' else 'non-negative'} "
-                                  f"integer, got {v!r}")
-        if t.grad_clip is not None and not t.grad_clip > 0:
-            raise ConfigError(f"train.grad_clip: must be > 0 or null, got {t.grad_clip!r}")
-        if not isinstance(self.data_cfg.batch_size, int) or self.data_cfg.batch_size <= 0:
-            raise ConfigError(f"data.batch_size: must be a positive integer, got {self.data_cfg.batch_size!r}")
 
     def _resolve_resume(self, resume: str | Path) -> Path | None:
         if str(resume) == "auto" or resume is True:
