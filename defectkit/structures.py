@@ -44,3 +44,29 @@ def class_names_for(target: str, num_classes: int, classes: Sequence[str] | None
     if classes is not None and len(classes) == num_classes:
         return [str(c) for c in classes]
     return [str(i) for i in range(num_classes)]
+
+
+@dataclass
+class DetectionResult:
+    """Detections of one image, in ORIGINAL image pixels (the model undoes the pipeline's
+    resize with ``meta['scale_factor']``), on CPU.
+
+    ``gate_score``: P(defective) from an image-level gate (DefectNet / two-model), or None.
+    ``gated``: True when the gate judged the image normal and the detection heads were
+    skipped (then the result is empty by construction).
+    """
+    boxes: torch.Tensor          # (N, 4) float32 XYXY
+    scores: torch.Tensor         # (N,) float32
+    labels: torch.Tensor         # (N,) int64, 0-based index into the dataset's classes
+    gate_score: float | None = None
+    gated: bool = False
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def to_json(self) -> dict:
+        return {"boxes": [[round(float(v), 2) for v in b] for b in self.boxes],
+                "scores": [round(float(s), 5) for s in self.scores],
+                "labels": [int(l) for l in self.labels],
+                "gate_score": None if self.gate_score is None else round(float(self.gate_score), 5),
+                "gated": bool(self.gated)}
