@@ -53,6 +53,24 @@ def peak_memory_mb(device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def detection_stats(preds, result) -> dict:
+    """For detectors: the gate pass rate (timed images with ``gated == False``, when the
+    results carry ``gate_score``) and DefectNet's beta / ideal time at the timed images'
+    normal proportion alpha."""
+    from defectkit.evaluation.detection import att_model
+    from defectkit.structures import DetectionResult
+
+    if not preds or not isinstance(preds[0], DetectionResult):
+        return {}
+    gated = [bool(p.gated) for p in preds if p.gate_score is not None]
+    n_n, n_d = result.get("num_normal", 0), result.get("num_defective", 0)
+    alpha = n_n / (n_n + n_d) if n_n + n_d else None
+    m = att_model(result, alpha)
+    return {"gate_pass_rate": sum(not g for g in gated) / len(gated) if gated else None,
+            "alpha": m["alpha"], "beta": m["beta"], "ideal_time": m["ideal_time"],
+            "att_ideal_ms": m["att_ideal_ms"]}
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = load(args)
@@ -94,16 +112,17 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    per_image, normal, defective = [], [], []
+    per_image, normal, defective, preds = [], [], [], []
     with torch.no_grad():
         for i, batch in enumerate(batches):
             sync()
             t0 = time.perf_counter()
-            model.predict(batch)
+            results = model.predict(batch)
             sync()
             if i < warmup:
                 continue
             n = int(batch["image"].shape[0])
+            preds.extend(results)
             dt = (time.perf_counter() - t0) / n
             per_image.append(dt)
             for d in batch.get("is_defective", torch.full((n,), -1)).tolist():
@@ -119,6 +138,7 @@ def main(argv=None):
         "images_per_s": 1000.0 / mean_ms,
         "att_normal_ms": 1000 * sum(normal) / len(normal) if normal else None,
         "att_defective_ms": 1000 * sum(defective) / len(defective) if defective else None,
+        "num_normal": len(normal), "num_defective": len(defective),
         "data_ms_per_batch": 1000 * sum(data_times) / len(data_times),
         "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_peak_rss",
@@ -127,6 +147,7 @@ def main(argv=None):
         f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__, "python": platform.python_version(),
     }
+    result.update(detection_stats(preds, result))
     out = Path(args.out or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "benchmark.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -136,6 +157,11 @@ def main(argv=None):
           f"({result['images_per_s']:.1f} images/s)")
     if normal and defective:
         print(f"  GT-normal {result['att_normal_ms']:.2f} ms   GT-defective {result['att_defective_ms']:.2f} ms")
+    if "beta" in result:
+        gate = ("" if result["gate_pass_rate"] is None
+                else f"gate pass rate {result['gate_pass_rate']:.3f}   ")
+        print(f"  {gate}alpha {result['alpha']:.3f}   beta = ATT_N / ATT_D {result['beta']:.3f}   "
+              f"ideal t = 1 - (1 - beta) * alpha {result['ideal_time']:.3f}")
     print(f"  data {result['data_ms_per_batch']:.2f} ms/batch (not included)   params {params / 1e6:.2f} M   "
           f"peak memory {result['peak_memory_mb']:.0f} MB ({result['peak_memory_kind']})")
     print(f"wrote {out}")

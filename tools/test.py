@@ -52,7 +52,7 @@ def main(argv=None):
     dataset = build_dataset(data_cfg)
     model, meta = init_model(cfg, args.checkpoint, device)
     classes = meta.get("classes") or dataset.classes
-    evaluator = build_evaluator(cfg["evaluation"], classes)
+    evaluator = build_evaluator(cfg["evaluation"], classes, dataset=dataset)
     workers = args.num_workers if args.num_workers is not None else cfg["data"].get("num_workers", 2)
     loader = build_eval_loader(dataset, batch_size=args.batch_size, num_workers=workers, distributed=False)
 
@@ -67,6 +67,9 @@ def main(argv=None):
     print(f"ATT (model call per image, batch {args.batch_size}): {t['att_ms']:.2f} ms | "
           f"GT-normal {t['att_normal_ms']:.2f} ms | GT-defective {t['att_defective_ms']:.2f} ms"
           f"   ({t['num_images']} images, {wall:.1f} s wall)")
+    if is_detection(out.results):
+        metrics.update(detection_att(out.times, t))
+
 
     record = {"config": str(args.config), "checkpoint": str(args.checkpoint), "split": args.split,
               "device": str(device), "torch": torch.__version__, "batch_size": args.batch_size,
@@ -86,6 +89,24 @@ def main(argv=None):
     print(f"wrote {out_dir / 'metrics.json'}, {pred_path}" +
           "".join(f", {a}" for a in artifacts))
     return 0
+
+
+def is_detection(results) -> bool:
+    from defectkit.structures import DetectionResult
+
+    return bool(results) and isinstance(results[0], DetectionResult)
+
+
+def detection_att(times, timing) -> dict:
+    """DefectNet's efficiency model for a detector: beta = ATT_N / ATT_D and the ideal
+    normalised time t = 1 - (1 - beta) * alpha at the measured normal proportion alpha."""
+    from defectkit.evaluation.detection import att_model, normal_proportion
+
+    m = att_model(timing, normal_proportion(times))
+    print(f"alpha (normal proportion) {m['alpha']:.3f} | beta = ATT_N / ATT_D {m['beta']:.3f} | "
+          f"ideal t = 1 - (1 - beta) * alpha {m['ideal_time']:.3f} (ATT_ideal {m['att_ideal_ms']:.2f} ms)")
+    return {"alpha": m["alpha"], "beta": m["beta"], "ideal_time": m["ideal_time"],
+            "att_ideal_ms": m["att_ideal_ms"]}
 
 
 def show(dataset, results, cfg, classes, out_dir, n):

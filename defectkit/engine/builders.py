@@ -55,8 +55,12 @@ def build_dataset(dataset_cfg: dict) -> Any:
     return DATASETS.build(dataset_cfg)
 
 
-def build_evaluator(eval_cfg: dict, classes: list[str] | None = None) -> Any:
-    return build_with_defaults(EVALUATORS, eval_cfg, classes=list(classes) if classes is not None else None)
+def build_evaluator(eval_cfg: dict, classes: list[str] | None = None, dataset: Any = None) -> Any:
+    """Build ``eval_cfg`` with the runtime defaults ``classes`` and, for evaluators whose
+    constructor takes it, ``dataset`` (the evaluated dataset: e.g. the detection evaluator
+    reads ground truth in original image pixels from ``dataset.records``)."""
+    return build_with_defaults(EVALUATORS, eval_cfg, classes=list(classes) if classes is not None else None,
+                               dataset=dataset)
 
 
 def dataset_classes(dataset: Any, cfg: dict | None = None) -> list[str] | None:

@@ -157,7 +157,7 @@ class Trainer:
         # -- evaluation
         self.evaluator = None
         if cfg.get("evaluation") and self.val_set is not None:
-            self.evaluator = build_evaluator(cfg["evaluation"], self.classes)
+            self.evaluator = build_evaluator(cfg["evaluation"], self.classes, dataset=self.val_set)
         elif cfg.get("evaluation"):
             self.logger.info("evaluation is configured but data.val is not: no validation during training")
         self.val_loader = None
@@ -499,6 +499,8 @@ class Trainer:
         self.train_model.train()
         lr = self._set_lr()
         batch = to_device(batch, self.device, non_blocking=self.device.type == "cuda")
+        if callable(getattr(self.model, "set_progress", None)):   # e.g. DefectNet's gate-loss schedule
+            self.model.set_progress(self.epoch, self.iter)
         autocast = torch.autocast(device_type="cuda") if self.amp else nullcontext()
         with autocast:
             outputs = self.train_model(batch)

@@ -281,11 +281,31 @@ def make_grid(images: Sequence[Image.Image], ncols: int = 4, pad: int = 4,
     return grid
 
 
+def draw_detection(image: Any, result: Any, class_names: Sequence[str] | None = None,
+                   score_thr: float = 0.0, position: str = "top") -> Image.Image:
+    """Boxes with class names and scores, plus a banner: "gated (normal) p=0.12" when the
+    gate skipped the heads, else "gate p=0.93 | 3 detections" (no gate: just the count).
+    ``image`` must be at the result's (original) resolution."""
+    img = draw_boxes(image, result.boxes, result.labels, result.scores, class_names=class_names,
+                     score_thr=score_thr)
+    n = int((result.scores >= score_thr).sum()) if len(result) else 0
+    if result.gated:
+        text = "gated (normal)" + (f" p={result.gate_score:.2f}" if result.gate_score is not None else "")
+        color: Color = OK_COLOR
+    else:
+        text = (f"gate p={result.gate_score:.2f} | " if result.gate_score is not None else "") + \
+            f"{n} detection{'s' if n != 1 else ''}"
+        color = (30, 30, 30)
+    return draw_banner(img, text, color=color, position=position)
+
+
 def draw_result(image: Any, result: Any, class_names: Sequence[str] | None = None,
                 gt: int | None = None) -> Image.Image:
     """Draw any per-image result of ``model.predict`` (dispatch on its type)."""
-    from ..structures import ClassificationResult
+    from ..structures import ClassificationResult, DetectionResult
 
     if isinstance(result, ClassificationResult):
         return draw_classification(image, result, class_names, gt=gt)
+    if isinstance(result, DetectionResult):
+        return draw_detection(image, result, class_names)
     raise TypeError(f"no drawing for results of type {type(result).__name__}")

@@ -1,0 +1,102 @@
+"""Cascade R-CNN R50-FPN (Cai & Vasconcelos 2018), as mmdetection v1 / DefectNet use it.
+
+Three RoI stages with IoU thresholds 0.5 / 0.6 / 0.7 and box-coder weights
+(10,10,5,5) / (20,20,10,10) / (30,30,15,15) (mmdet's target stds 0.1/0.05/0.033...),
+class-agnostic regression, TwoMLPHead of 1024 per stage, 512 RoIs per image with 25%
+positives, gt boxes added to each stage's proposals, stage loss weights 1 / 0.5 / 0.25.
+Each stage trains on the previous stage's refined boxes. Test: the class score is the
+mean of the three stages' softmax scores (each stage scoring the boxes refined by the
+stage before), boxes come from the last stage; score_thr 0.05, NMS 0.5 per class, 100
+per image.
+
+Backbone/FPN/RPN, the DefectNet gate (``gate:``) and training on defective images only
+live in ``rcnn_parts.TwoStageDetector``. Losses: ``loss_rpn_cls``, ``loss_rpn_bbox``,
+``loss_cls_s{0,1,2}``, ``loss_bbox_s{0,1,2}`` (stage weight applied), ``acc_s{i}``
+(logged), plus ``loss_gate`` / ``acc_gate`` with a gate.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torchvision.ops import clip_boxes_to_image
+
+from ...registry import MODELS
+from .defectnet import GateConfig
+from .rcnn_parts import RoIStage, TwoStageDetector, postprocess, roi_stage_losses
+
+DEFAULT_STAGE_IOUS = (0.5, 0.6, 0.7)
+DEFAULT_STAGE_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+DEFAULT_STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
+
+
+@MODELS.register()
+class CascadeRCNN(TwoStageDetector):
+    """Args:
+        backbone, pretrained, frozen_stages, norm_eval: see ``build_backbone``
+            (mmdet defaults: frozen stem + layer1, BatchNorm in eval mode).
+        classes / num_classes: the dataset's defect classes (filled in by the trainer).
+        fpn_channels: FPN width (256; smaller for tiny CPU configs).
+        rpn_train_topn / rpn_test_topn: RPN pre- and post-NMS proposals (2000 / 1000).
+        rpn_nms_iou: RPN NMS IoU (0.7). anchor_sizes: one per level P2..P6 (scale 8 x stride).
+        fc_dim: width of each stage's TwoMLPHead. rois_per_img: sampled RoIs per image.
+        stage_ious / stage_loss_weights: per stage.
+        score_thr, nms_iou, max_per_img: test-time filtering.
+        gate: DefectNet gate options (``GateConfig``), null for the plain detector.
+    """
+
+    def __init__(self, backbone: str = "resnet50", pretrained: str | None = None, frozen_stages: int = 1,
+                 norm_eval: bool = True, classes: list[str] | None = None, num_classes: int | None = None,
+                 fpn_channels: int = 256, rpn_train_topn: int = 2000, rpn_test_topn: int = 1000,
+                 rpn_nms_iou: float = 0.7, anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
+                 fc_dim: int = 1024, rois_per_img: int = 512,
+                 stage_ious: tuple[float, ...] = DEFAULT_STAGE_IOUS,
+                 stage_loss_weights: tuple[float, ...] = DEFAULT_STAGE_LOSS_WEIGHTS,
+                 score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
+                 gate: GateConfig | dict | None = None):
+        super().__init__(backbone=backbone, pretrained=pretrained, frozen_stages=frozen_stages,
+                         norm_eval=norm_eval, classes=classes, num_classes=num_classes,
+                         fpn_channels=fpn_channels, rpn_train_topn=rpn_train_topn,
+                         rpn_test_topn=rpn_test_topn, rpn_nms_iou=rpn_nms_iou, anchor_sizes=anchor_sizes,
+                         score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img, gate=gate)
+        if len(stage_ious) != len(stage_loss_weights):
+            raise ValueError(f"CascadeRCNN: {len(stage_ious)} stage_ious but "
+                             f"{len(stage_loss_weights)} stage_loss_weights")
+        if len(stage_ious) > len(DEFAULT_STAGE_WEIGHTS):
+            raise ValueError(f"CascadeRCNN: at most {len(DEFAULT_STAGE_WEIGHTS)} stages")
+        self.stage_loss_weights = [float(w) for w in stage_loss_weights]
+        self.stages = nn.ModuleList(
+            RoIStage(fpn_channels, self.num_classes, iou=float(iou), weights=DEFAULT_STAGE_WEIGHTS[s],
+                     class_agnostic=True, fc_dim=fc_dim, batch_size_per_image=rois_per_img)
+            for s, iou in enumerate(stage_ious))
+
+    def loss_keys(self) -> list[str]:
+        return ["loss_rpn_cls", "loss_rpn_bbox"] + [f"loss_{t}_s{i}" for i in range(len(self.stages))
+                                                    for t in ("cls", "bbox")]
+
+    def acc_keys(self) -> list[str]:
+        return [f"acc_s{i}" for i in range(len(self.stages))]
+
+    def roi_losses(self, features, proposals, image_sizes, gt_boxes, gt_labels) -> dict:
+        losses = {}
+        rois = proposals
+        for i, (stage, w) in enumerate(zip(self.stages, self.stage_loss_weights)):
+            loss_cls, loss_bbox, acc, rois = roi_stage_losses(stage, self.roi_pool, features, rois,
+                                                              image_sizes, gt_boxes, gt_labels)
+            losses[f"loss_cls_s{i}"] = loss_cls * w
+            losses[f"loss_bbox_s{i}"] = loss_bbox * w
+            losses[f"acc_s{i}"] = acc
+        return losses
+
+    def roi_predict(self, features, proposals, image_sizes):
+        counts = [p.shape[0] for p in proposals]
+        rois = proposals
+        scores = []
+        boxes = None
+        for stage in self.stages:
+            cls, reg = stage(self.roi_pool(features, rois, image_sizes))
+            scores.append(cls.float().softmax(1))
+            boxes = stage.decode(reg, rois).split(counts)
+            rois = [clip_boxes_to_image(b, s) for b, s in zip(boxes, image_sizes)]
+        mean_scores = torch.stack(scores).mean(0).split(counts)
+        return [postprocess(b, s, size, self.score_thr, self.nms_iou, self.max_per_img)
+                for b, s, size in zip(rois, mean_scores, image_sizes)]

@@ -1,0 +1,96 @@
+"""Train (or reuse) and test several configs, then print the seed-style Markdown table.
+
+    python tools/compare.py configs/defectnet/*_tiny_synth.yaml [--train] [--out table.md]
+
+For each config, ``<work-root>/<config-stem>/test/metrics.json`` (what tools/test.py
+writes) is reused when present. Otherwise the checkpoint ``<work-root>/<stem>/latest.pth``
+is tested with tools/test.py, and when it is missing too (or with --train) the config is
+first trained with tools/train.py. The tools run as subprocesses, each command printed
+before it runs. Columns: ``Model | mAP | F1 | ATT(ms) | ATT_N | ATT_D`` (F1 = image-level
+macro F1; ATT = model-call ms per image, over all / GT-normal / GT-defective images);
+a metric a model does not report (mAP of a classifier) is ``n/a``.
+"""
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# (column, metrics.json key, digits)
+COLUMNS = [("mAP", "mAP", 3), ("F1", "f1_macro", 3), ("ATT(ms)", "att_ms", 2),
+           ("ATT_N", "att_normal_ms", 2), ("ATT_D", "att_defective_ms", 2)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("configs", nargs="+", metavar="CONFIG")
+    p.add_argument("--train", action="store_true", help="(re)train and test every config")
+    p.add_argument("--work-root", default="work_dirs", help="parent of the work dirs (default work_dirs)")
+    p.add_argument("--device", help="passed to tools/train.py and tools/test.py")
+    p.add_argument("--out", help="also write the Markdown table to this file")
+    return p.parse_args(argv)
+
+
+def run(cmd) -> None:
+    print("\n$ " + " ".join(str(c) for c in cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"compare: step failed (exit {proc.returncode}): {' '.join(map(str, cmd))}")
+    print(f"[compare] done in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None = None) -> dict:
+    """metrics of ``config``: reused, tested, or trained then tested."""
+    work_dir = work_root / Path(config).stem
+    metrics_path = work_dir / "test" / "metrics.json"
+    ckpt = work_dir / "latest.pth"
+    dev = ["--device", device] if device else []
+    if train or not metrics_path.is_file():
+        if train or not ckpt.is_file():
+            run([PY, ROOT / "tools/train.py", config, "--work-dir", work_dir, *dev])
+        run([PY, ROOT / "tools/test.py", config, ckpt, "--out-dir", work_dir / "test", *dev])
+    else:
+        print(f"[compare] reusing {metrics_path} (--train retrains)")
+    return json.loads(metrics_path.read_text())["metrics"]
+
+
+def fmt(v, digits: int) -> str:
+    if v is None or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+    head = ["Model"] + [c for c, _, _ in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in rows:
+        lines.append("| " + " | ".join([name] + [fmt(m.get(k), d) for _, k, d in COLUMNS]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work_root = Path(args.work_root)
+    if not work_root.is_absolute():
+        work_root = ROOT / work_root
+    missing = [c for c in args.configs if not Path(c).is_file() and not (ROOT / c).is_file()]
+    if missing:
+        sys.exit(f"compare: config not found: {', '.join(missing)}")
+    configs = [Path(c).resolve() if Path(c).is_file() else ROOT / c for c in args.configs]
+    rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device)) for c in configs]
+    out = table(rows)
+    print("\n" + out)
+    if args.out:
+        Path(args.out).write_text(out + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
