@@ -286,3 +286,19 @@ def test_draw_detection_result():
     gated = DetectionResult(boxes=torch.zeros(0, 4), scores=torch.zeros(0),
                             labels=torch.zeros(0, dtype=torch.long), gate_score=0.1, gated=True)
     assert draw_result(img, gated).height > 40
+
+
+def test_gate_pool_option():
+    import torch
+
+    from defectkit.models.detection.defectnet import GateConfig, GateHead
+
+    with pytest.raises(ValueError, match="gate.pool"):
+        GateConfig(pool="mean")
+    head = GateHead(3, pool="max")
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, :, 1, 2] = 5.0                      # one bright spot
+    expected = head.fc(torch.full((1, 3), 5.0))
+    assert torch.allclose(head(x), expected)
+    avg = GateHead(3)
+    assert torch.allclose(avg(x), avg.fc(torch.full((1, 3), 5.0 / 16)))

@@ -51,12 +51,16 @@ class GateConfig:
     by: str = "epoch"               # n = 0-based epoch ("epoch") or iteration ("iter")
     threshold: float = 0.5          # gate passes an image when P(defective) > threshold
     normal_negatives: bool = False  # also feed normal images to RPN/RoI heads as negatives
+    pool: str = "avg"               # avg (the original) | max: global max pooling of C5, so a
+                                    # small defect is not averaged away (helps from scratch)
 
     def __post_init__(self):
         if self.schedule == "exponent":   # the original's spelling
             self.schedule = "exponential"
         if self.schedule not in SCHEDULES:
             raise ValueError(f"gate.schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.pool not in ("avg", "max"):
+            raise ValueError(f"gate.pool: must be 'avg' or 'max', got {self.pool!r}")
         if self.by not in ("epoch", "iter"):
             raise ValueError(f"gate.by: must be 'epoch' or 'iter', got {self.by!r}")
         if not self.period > 0:
@@ -92,11 +96,12 @@ def gate_weight(cfg: GateConfig, n: float) -> float:
 
 
 class GateHead(nn.Module):
-    """avgpool(C5) -> Linear(C5 channels, 2): logits of (normal, defective)."""
+    """avgpool(C5) (or maxpool) -> Linear(C5 channels, 2): logits of (normal, defective)."""
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, pool: str = "avg"):
         super().__init__()
+        self.pool = F.adaptive_avg_pool2d if pool == "avg" else F.adaptive_max_pool2d
         self.fc = nn.Linear(in_channels, 2)
 
     def forward(self, c5: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(c5, 1), 1))
+        return self.fc(torch.flatten(self.pool(c5, 1), 1))

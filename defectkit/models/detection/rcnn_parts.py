@@ -207,7 +207,7 @@ class TwoStageDetector(nn.Module):
             nms_thresh=rpn_nms_iou)
         self.roi_pool = MultiScaleRoIAlign(list(FEATURE_NAMES), 7, 2)
         self.fpn_channels = fpn_channels
-        self.gate = GateHead(self.backbone.out_channels[-1]) if self.gate_cfg is not None else None
+        self.gate = GateHead(self.backbone.out_channels[-1], self.gate_cfg.pool) if self.gate_cfg is not None else None
         self.epoch, self.iteration = 0, 0
         self.reset_gate_stats()
 
