@@ -1,9 +1,7 @@
 """DefectNet tools: split_coco, normal_proportion, compare, and tools/test.py / benchmark.py
 on a detector (a fake "oracle" model returning the ground truth; no real detector needed)."""
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +11,8 @@ import torch
 from defectkit.registry import MODELS
 from defectkit.structures import DetectionResult
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
+from helpers_tools import ROOT, tool
 
-
-def tool(name):
-    sys.path.insert(0, str(TOOLS))
-    spec = importlib.util.spec_from_file_location(f"_dtool_{name}", TOOLS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def coco_json(n=10, defective=(1, 3, 4, 6, 8, 9), w=40, h=30):

@@ -1,22 +1,11 @@
 """End-to-end: the command-line tools on a tiny synthetic set, as a user runs them."""
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
-
-
-def tool(name):
-    sys.path.insert(0, str(TOOLS))
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", TOOLS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from helpers_tools import ROOT, TOOLS, tool
 
 
 @pytest.fixture(scope="module")
