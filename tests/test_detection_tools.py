@@ -14,7 +14,6 @@ from defectkit.structures import DetectionResult
 from helpers_tools import ROOT, tool
 
 
-
 def coco_json(n=10, defective=(1, 3, 4, 6, 8, 9), w=40, h=30):
     """DefectNet-style: category 0 "背景" marks normal images with a dummy box."""
     images = [{"id": 100 + i, "file_name": f"{i}.png", "width": w, "height": h} for i in range(n)]
