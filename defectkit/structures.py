@@ -70,3 +70,40 @@ class DetectionResult:
                 "labels": [int(l) for l in self.labels],
                 "gate_score": None if self.gate_score is None else round(float(self.gate_score), 5),
                 "gated": bool(self.gated)}
+
+
+@dataclass
+class SegmentationResult:
+    """Semantic segmentation of one image (ZNet, UNet), in ORIGINAL image pixels, on CPU.
+
+    ``mask``: per-pixel class index (0 = background). ``image_scores``: softmax of an
+    optional image-level head (normal/defective), or None.
+    """
+    mask: torch.Tensor                     # (H, W) int64
+    probs: torch.Tensor | None = None      # (C, H, W) float32 softmax, when kept
+    image_scores: torch.Tensor | None = None  # (2,) float32, when the model has an image head
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.mask.shape),
+                "class_pixels": {int(c): int(n) for c, n in zip(*torch.unique(self.mask, return_counts=True))},
+                "image_scores": None if self.image_scores is None
+                else [round(float(s), 6) for s in self.image_scores]}
+
+
+@dataclass
+class AnomalyResult:
+    """Anomaly score of one image (PaDiM), in ORIGINAL image pixels where maps are concerned.
+
+    ``score``: image anomaly score (normalised to [0, 1] once thresholds are fitted, raw
+    otherwise); ``anomaly_map``: per-pixel score; ``pred_label`` / ``pred_mask``: decisions
+    at the fitted thresholds (None before fitting).
+    """
+    score: float
+    anomaly_map: torch.Tensor                  # (H, W) float32
+    pred_label: int | None = None
+    pred_mask: torch.Tensor | None = None      # (H, W) bool
+
+    def to_json(self) -> dict:
+        return {"score": round(float(self.score), 6), "pred_label": self.pred_label,
+                "map_shape": list(self.anomaly_map.shape),
+                "map_max": round(float(self.anomaly_map.max()), 6) if self.anomaly_map.numel() else None}

@@ -299,6 +299,15 @@ def draw_detection(image: Any, result: Any, class_names: Sequence[str] | None = 
     return draw_banner(img, text, color=color, position=position)
 
 
+# result type -> drawing function(image, result, class_names, gt); families add theirs
+_DRAWERS: dict = {}
+
+
+def register_drawer(result_type: type, fn) -> None:
+    """Teach :func:`draw_result` to draw ``result_type`` with ``fn(image, result, class_names, gt)``."""
+    _DRAWERS[result_type] = fn
+
+
 def draw_result(image: Any, result: Any, class_names: Sequence[str] | None = None,
                 gt: int | None = None) -> Image.Image:
     """Draw any per-image result of ``model.predict`` (dispatch on its type)."""
@@ -308,4 +317,7 @@ def draw_result(image: Any, result: Any, class_names: Sequence[str] | None = Non
         return draw_classification(image, result, class_names, gt=gt)
     if isinstance(result, DetectionResult):
         return draw_detection(image, result, class_names)
+    for result_type, fn in _DRAWERS.items():
+        if isinstance(result, result_type):
+            return fn(image, result, class_names, gt)
     raise TypeError(f"no drawing for results of type {type(result).__name__}")
