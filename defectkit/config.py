@@ -107,9 +107,22 @@ def load_config(path: str | os.PathLike, cfg_options: list[str] | dict | None = 
     if cfg_options:
         opts = parse_cfg_options(cfg_options) if isinstance(cfg_options, list) else cfg_options
         apply_options(cfg, opts)
+    _propagate_category(cfg)
     if validate:
         validate_config(cfg)
     return cfg
+
+
+def _propagate_category(cfg: dict) -> None:
+    """``data.category`` (e.g. one MVTec category, ``--cfg-options data.category=cable``)
+    replaces the ``category`` key of every data split and of ``evaluation`` that has one."""
+    data = cfg.get("data")
+    cat = data.get("category") if isinstance(data, dict) else None
+    if cat is None:
+        return
+    for node in [data.get(s) for s in ("train", "val", "test")] + [cfg.get("evaluation")]:
+        if isinstance(node, dict) and "category" in node:
+            node["category"] = cat
 
 
 # --------------------------------------------------------------------- --cfg-options

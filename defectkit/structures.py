@@ -6,7 +6,7 @@ only rely on these fields.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -77,33 +77,75 @@ class SegmentationResult:
     """Semantic segmentation of one image (ZNet, UNet), in ORIGINAL image pixels, on CPU.
 
     ``mask``: per-pixel class index (0 = background). ``image_scores``: softmax of an
-    optional image-level head (normal/defective), or None.
+    optional image-level head (normal/defective), or None. ``gated``: the image head judged
+    the image normal and the decoder was skipped (the mask is all background).
     """
     mask: torch.Tensor                     # (H, W) int64
     probs: torch.Tensor | None = None      # (C, H, W) float32 softmax, when kept
     image_scores: torch.Tensor | None = None  # (2,) float32, when the model has an image head
+    gated: bool = False
+
+    gt_key: ClassVar[str] = "mask"         # the sample key tools/test.py draws as ground truth
+
+    def write_files(self, out_dir, stem: str) -> list[str]:
+        """``<stem>_mask.png``: the class-index mask as 8-bit PNG (what tools/infer.py saves)."""
+        from pathlib import Path
+
+        import numpy as np
+        from PIL import Image
+
+        path = Path(out_dir) / f"{stem}_mask.png"
+        Image.fromarray(self.mask.to(torch.uint8).numpy().astype(np.uint8)).save(path)
+        return [str(path)]
 
     def to_json(self) -> dict:
         return {"shape": list(self.mask.shape),
                 "class_pixels": {int(c): int(n) for c, n in zip(*torch.unique(self.mask, return_counts=True))},
                 "image_scores": None if self.image_scores is None
-                else [round(float(s), 6) for s in self.image_scores]}
+                else [round(float(s), 6) for s in self.image_scores],
+                "gated": bool(self.gated)}
 
 
 @dataclass
 class AnomalyResult:
-    """Anomaly score of one image (PaDiM), in ORIGINAL image pixels where maps are concerned.
+    """Anomaly score of one image (PaDiM), maps in the model's input pixels (after the pipeline).
 
     ``score``: image anomaly score (normalised to [0, 1] once thresholds are fitted, raw
-    otherwise); ``anomaly_map``: per-pixel score; ``pred_label`` / ``pred_mask``: decisions
-    at the fitted thresholds (None before fitting).
+    otherwise); ``anomaly_map``: per-pixel score on the same scale; ``pred_label`` /
+    ``pred_mask``: decisions at the fitted thresholds (None before fitting).
+    ``raw_score`` / ``raw_map``: the unnormalised values (metrics use these: the clamp of
+    the normalisation would create ties).
     """
     score: float
     anomaly_map: torch.Tensor                  # (H, W) float32
     pred_label: int | None = None
     pred_mask: torch.Tensor | None = None      # (H, W) bool
+    raw_score: float | None = None
+    raw_map: torch.Tensor | None = None        # (H, W) float32
+
+    gt_key: ClassVar[str] = "mask"
+
+    def write_files(self, out_dir, stem: str) -> list[str]:
+        """``<stem>_heatmap.png`` (the anomaly map, 0..255 over [0, 1] when normalised, else
+        over its own min..max) and ``<stem>_mask.png`` when a predicted mask exists."""
+        from pathlib import Path
+
+        import numpy as np
+        from PIL import Image
+
+        m = self.anomaly_map.float()
+        if self.pred_label is None:     # raw scale: stretch for display
+            m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+        paths = [Path(out_dir) / f"{stem}_heatmap.png"]
+        Image.fromarray((m.clamp(0, 1) * 255).round().to(torch.uint8).numpy().astype(np.uint8)).save(paths[0])
+        if self.pred_mask is not None:
+            paths.append(Path(out_dir) / f"{stem}_mask.png")
+            Image.fromarray(self.pred_mask.to(torch.uint8).numpy().astype(np.uint8) * 255).save(paths[1])
+        return [str(p) for p in paths]
 
     def to_json(self) -> dict:
         return {"score": round(float(self.score), 6), "pred_label": self.pred_label,
+                "raw_score": None if self.raw_score is None else round(float(self.raw_score), 6),
                 "map_shape": list(self.anomaly_map.shape),
-                "map_max": round(float(self.anomaly_map.max()), 6) if self.anomaly_map.numel() else None}
+                "map_max": round(float(self.anomaly_map.max()), 6) if self.anomaly_map.numel() else None,
+                "pred_mask_pixels": None if self.pred_mask is None else int(self.pred_mask.sum())}

@@ -24,7 +24,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("checkpoint", nargs="?", help="weights (default: the config's initial weights)")
-    p.add_argument("--task", default="inference", choices=["inference"], help="what to time")
+    p.add_argument("--task", default="inference", choices=["inference", "fit"],
+                   help="what to time; fit: statistical models (PaDiM): fit time, fit peak memory, "
+                        "size of the fitted weights on disk, then inference at --fit-batch-sizes")
+    p.add_argument("--fit-batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B",
+                   help="--task fit: inference batch sizes timed after fitting (default: 1 32)")
     p.add_argument("--warmup", type=int, help="discarded calls (default: benchmark.warmup)")
     p.add_argument("--iters", type=int, help="timed calls (default: benchmark.iters)")
     p.add_argument("--batch-size", type=int, help="images per call (default: benchmark.batch_size)")
@@ -74,6 +78,8 @@ def detection_stats(preds, result) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     cfg = load(args)
+    if args.task == "fit":
+        return fit_benchmark(cfg, args)
     import torch
 
     from defectkit.data.collate import to_device
@@ -166,6 +172,95 @@ def main(argv=None):
           f"peak memory {result['peak_memory_mb']:.0f} MB ({result['peak_memory_kind']})")
     print(f"wrote {out}")
     return 0
+
+
+def fit_benchmark(cfg, args) -> int:
+    """Fit a model that has ``fit(loader)`` on data.train, then time ``predict`` at a few
+    batch sizes on the test split. Peak memory: process peak RSS (CUDA: max allocated)
+    minus the RSS just before fitting (model built)."""
+    import os
+    import tempfile
+
+    import torch
+
+    from defectkit.engine import (build_dataset, build_eval_loader, build_model, build_train_loader,
+                                  default_work_dir, resolve_device)
+    from defectkit.engine.builders import DeviceLoader
+    from defectkit.engine.sampler import TrainSampler
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device or cfg.get("device"))
+    train_set = build_dataset(cfg["data"]["train"])
+    model = build_model(cfg["model"], getattr(train_set, "classes", None)).to(device)
+    if not callable(getattr(model, "fit", None)):
+        sys.exit(f"--task fit: {type(model).__name__} has no fit(loader)")
+    bs = cfg["data"].get("batch_size", 2)
+    loader = build_train_loader(train_set, bs, TrainSampler(len(train_set), shuffle=False), 0,
+                                num_workers=cfg["data"].get("num_workers", 0))
+    rss0 = _rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    model.fit(DeviceLoader(loader, device))
+    fit_s = time.perf_counter() - t0
+    peak = peak_memory_mb(device)
+    with tempfile.NamedTemporaryFile(suffix=".pth", delete=False) as f:
+        torch.save(model.state_dict(), f.name)
+        disk = os.path.getsize(f.name)
+    os.unlink(f.name)
+    stats_bytes = model.statistics_bytes() if hasattr(model, "statistics_bytes") else None
+    result = {"config": str(args.config), "task": "fit", "model": cfg["model"].get("type"),
+              "num_train": len(train_set), "fit_s": fit_s, "fit_ms_per_image": 1000 * fit_s / max(len(train_set), 1),
+              "fit_peak_memory_mb": peak, "rss_before_fit_mb": rss0,
+              "fit_peak_increase_mb": peak - rss0 if device.type != "cuda" else peak,
+              "state_dict_mb_on_disk": disk / 2**20,
+              "statistics_mb": None if stats_bytes is None else stats_bytes / 2**20, "inference": {}}
+    data_cfg = (cfg.get("data") or {}).get(args.split)
+    if data_cfg:
+        dataset = build_dataset(data_cfg)
+        model.eval()
+        for b in args.fit_batch_sizes:
+            batch = next(iter(build_eval_loader(dataset, batch_size=min(b, len(dataset)), distributed=False)))
+            batch = to_device_batch(batch, device)
+            n = int(batch["image"].shape[0])
+            times = []
+            with torch.no_grad():
+                for i in range((args.warmup or 1) + (args.iters or 5)):
+                    t1 = time.perf_counter()
+                    model.predict(batch)
+                    if i >= (args.warmup or 1):
+                        times.append((time.perf_counter() - t1) / n)
+            result["inference"][f"batch_{n}"] = {"ms_per_image_mean": 1000 * sum(times) / len(times),
+                                                 "ms_per_image_min": 1000 * min(times)}
+    out = Path(args.out or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "benchmark_fit.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{result['model']}: fit {len(train_set)} images in {fit_s:.1f} s ({result['fit_ms_per_image']:.1f} ms/image), "
+          f"peak memory {peak:.0f} MB (+{result['fit_peak_increase_mb']:.0f} MB during fit), "
+          f"weights on disk {result['state_dict_mb_on_disk']:.1f} MB"
+          + ("" if stats_bytes is None else f" (statistics {result['statistics_mb']:.1f} MB)"))
+    for k, v in result["inference"].items():
+        print(f"  inference {k}: {v['ms_per_image_mean']:.2f} ms/image (min {v['ms_per_image_min']:.2f})")
+    print(f"wrote {out}")
+    return 0
+
+
+def to_device_batch(batch, device):
+    from defectkit.data.collate import to_device
+
+    return to_device(batch, device)
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 if __name__ == "__main__":

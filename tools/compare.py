@@ -6,9 +6,17 @@ For each config, ``<work-root>/<config-stem>/test/metrics.json`` (what tools/tes
 writes) is reused when present. Otherwise the checkpoint ``<work-root>/<stem>/latest.pth``
 is tested with tools/test.py, and when it is missing too (or with --train) the config is
 first trained with tools/train.py. The tools run as subprocesses, each command printed
-before it runs. Columns: ``Model | mAP | F1 | ATT(ms) | ATT_N | ATT_D`` (F1 = image-level
-macro F1; ATT = model-call ms per image, over all / GT-normal / GT-defective images);
-a metric a model does not report (mAP of a classifier) is ``n/a``.
+before it runs. The columns follow the family of the results (one table per family):
+
+- detection (and classifiers next to it): ``Model | mAP | F1 | ATT(ms) | ATT_N | ATT_D``
+  (F1 = image-level macro F1; ATT = model-call ms per image, over all / GT-normal /
+  GT-defective images);
+- segmentation (metrics with ``mIoU``): ``Model | mIoU | defect IoU | ms/img | params``
+  (mmseg-style dataset IoUs, model-call ms per image, parameter count).
+
+A metric a model does not report (mAP of a classifier) is ``n/a``.
+
+    python tools/compare.py configs/znet/znet_tiny_ballscrew.yaml configs/znet/unet_tiny_ballscrew.yaml
 """
 import argparse
 import json
@@ -21,9 +29,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-# (column, metrics.json key, digits)
+# (column, metrics.json key, digits); digits None = a parameter count (4.39M)
 COLUMNS = [("mAP", "mAP", 3), ("F1", "f1_macro", 3), ("ATT(ms)", "att_ms", 2),
            ("ATT_N", "att_normal_ms", 2), ("ATT_D", "att_defective_ms", 2)]
+FAMILY_COLUMNS = {
+    "detection": COLUMNS,
+    "segmentation": [("mIoU", "mIoU", 3), ("defect IoU", "defect_IoU", 3), ("ms/img", "att_ms", 2),
+                     ("params", "params", None)],
+}
+
+
+def family(metrics: dict) -> str:
+    """Which table a result goes to: segmentation when it has mIoU, else detection."""
+    return "segmentation" if "mIoU" in metrics else "detection"
 
 
 def parse_args(argv=None):
@@ -57,21 +75,37 @@ def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None
         run([PY, ROOT / "tools/test.py", config, ckpt, "--out-dir", work_dir / "test", *dev])
     else:
         print(f"[compare] reusing {metrics_path} (--train retrains)")
-    return json.loads(metrics_path.read_text())["metrics"]
+    record = json.loads(metrics_path.read_text())
+    metrics = dict(record["metrics"])
+    if "params" in record:                     # tools/test.py stores the parameter count
+        metrics.setdefault("params", record["params"])
+    return metrics
 
 
-def fmt(v, digits: int) -> str:
+def fmt(v, digits: int | None) -> str:
     if v is None or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
+    if digits is None:
+        return f"{v / 1e6:.2f}M"
     return f"{v:.{digits}f}"
 
 
-def table(rows: list[tuple[str, dict]]) -> str:
-    head = ["Model"] + [c for c, _, _ in COLUMNS]
+def table(rows: list[tuple[str, dict]], columns=None) -> str:
+    """One Markdown table; ``columns`` default to the detection columns."""
+    columns = columns or COLUMNS
+    head = ["Model"] + [c for c, _, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in rows:
-        lines.append("| " + " | ".join([name] + [fmt(m.get(k), d) for _, k, d in COLUMNS]) + " |")
+        lines.append("| " + " | ".join([name] + [fmt(m.get(k), d) for _, k, d in columns]) + " |")
     return "\n".join(lines)
+
+
+def tables(rows: list[tuple[str, dict]]) -> str:
+    """One table per family, in the order the families first appear."""
+    groups: dict[str, list] = {}
+    for name, m in rows:
+        groups.setdefault(family(m), []).append((name, m))
+    return "\n\n".join(table(g, FAMILY_COLUMNS[f]) for f, g in groups.items())
 
 
 def main(argv=None):
@@ -84,7 +118,7 @@ def main(argv=None):
         sys.exit(f"compare: config not found: {', '.join(missing)}")
     configs = [Path(c).resolve() if Path(c).is_file() else ROOT / c for c in args.configs]
     rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device)) for c in configs]
-    out = table(rows)
+    out = tables(rows)
     print("\n" + out)
     if args.out:
         Path(args.out).write_text(out + "\n")

@@ -79,6 +79,8 @@ def main(argv=None):
         with torch.no_grad():
             result = model.predict(to_device(batch, device))[0]
         records.append({"path": str(path), **result.to_json()})
+        if callable(getattr(result, "write_files", None)):   # e.g. segmentation masks as PNG
+            records[-1]["files"] = result.write_files(out_dir, f"{i:05d}_{path.stem}")
         if not args.no_draw:
             drawn = draw_result(to_pil(sample["image"], mean, std), result, result_names(cfg, result, classes))
             drawn.save(out_dir / f"{i:05d}_{path.stem}.png")

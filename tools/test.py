@@ -73,7 +73,7 @@ def main(argv=None):
 
     record = {"config": str(args.config), "checkpoint": str(args.checkpoint), "split": args.split,
               "device": str(device), "torch": torch.__version__, "batch_size": args.batch_size,
-              "metrics": metrics}
+              "params": sum(p.numel() for p in model.parameters()), "metrics": metrics}
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=float))
     write_predictions = getattr(evaluator, "write_predictions", None)
     if callable(write_predictions):
@@ -117,7 +117,8 @@ def show(dataset, results, cfg, classes, out_dir, n):
     target = cfg["model"].get("target", "is_defective")
     for i, res in enumerate(results[:n]):
         sample = dataset[i]
-        gt = int(sample[target]) if target in sample else None
+        key = getattr(res, "gt_key", target)   # e.g. SegmentationResult draws the sample's "mask"
+        gt = (int(sample[key]) if key == target else sample[key]) if key in sample else None
         img = draw_result(to_pil(sample["image"], mean, std), res, result_names(cfg, res, classes), gt=gt)
         img.save(out_dir / f"{i:05d}.png")
     return [str(out_dir)]

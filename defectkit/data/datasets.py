@@ -238,17 +238,20 @@ class LabelMeDataset(BaseDataset):
 
     def __init__(self, ann_dir: str, img_dir: str | None = None, classes: list[str] | None = None,
                  unlabeled: str = "skip", split_file: str | None = None, split: str | None = None,
+                 split_mode: str = "official", test_fraction: float = 0.2, split_seed: int = 7,
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
                  max_images: int | None = None):
         self.ann_dir, self.img_dir, self.given_classes = ann_dir, img_dir, classes
         self.unlabeled, self.split_file, self.split = unlabeled, split_file, split
+        self.split_mode, self.test_fraction, self.split_seed = split_mode, test_fraction, split_seed
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
                          max_images=max_images)
 
     def load(self):
         return read_labelme(self.ann_dir, img_dir=self.img_dir, classes=self.given_classes,
                             unlabeled=self.unlabeled, split_file=self.split_file, split=self.split,
-                            skip_invalid=self.skip_invalid)
+                            skip_invalid=self.skip_invalid, split_mode=self.split_mode,
+                            test_fraction=self.test_fraction, split_seed=self.split_seed)
 
 
 @DATASETS.register()

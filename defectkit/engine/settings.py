@@ -21,6 +21,7 @@ class DataSettings:
     num_workers: int = 2
     shuffle: bool = True
     drop_last: bool = False
+    category: str | None = None    # when set, replaces `category` of every split (and of `evaluation`)
 
 
 @dataclass

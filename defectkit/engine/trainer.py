@@ -570,6 +570,12 @@ class Trainer:
         self.logger.info(f"fitting {type(self.model).__name__} on {len(self.train_set)} samples")
         t0 = time.perf_counter()
         self.model.fit(DeviceLoader(loader, self.device))
+        if self.val_set is not None and callable(getattr(self.model, "calibrate", None)):
+            # labelled validation images (never the test split) refine thresholds/normalisation
+            self.logger.info(f"calibrating on data.val ({len(self.val_set)} samples)")
+            self.model.calibrate(DeviceLoader(build_eval_loader(
+                self.val_set, self.data_cfg.val_batch_size or self.batch_size, self.data_cfg.num_workers,
+                distributed=False), self.device))
         self.logger.info(f"fitted in {time.perf_counter() - t0:.1f} s")
         self.epoch, self.iter, self.inner_iter = 1, len(loader), 0
         self.writer.write({"mode": "train", "step": self.iter, "epoch": 1, "iter": self.iter,

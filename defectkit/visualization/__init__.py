@@ -8,3 +8,4 @@ from .draw import (IMAGENET_MEAN, IMAGENET_STD, color_for, colorize, draw_banner
                    make_grid, palette, to_pil)
 from .plots import (plot_confusion_matrix, plot_curves, plot_pr_curve, plot_roc_curve,  # noqa: F401
                     plot_scalars, read_scalars)
+from . import segmentation  # noqa: F401,E402  (registers the SegmentationResult drawer)

@@ -24,11 +24,14 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .common import (DataFormatError, Problems, Record, as_boxes, as_labels,
                      check_box, check_nonempty, image_size, list_images, read_split_file,
                      require_path, resolve_classes)
 
 SHAPE_TYPES = ("polygon", "rectangle", "circle")
+SPLIT_MODES = ("official", "wear_dev", "random")
 
 
 def _load_json(path: Path) -> dict:
@@ -92,16 +95,36 @@ def _find_image(js: Path, image_path: str | None, img_root: Path | None) -> Path
 def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None = None,
                  classes: list[str] | None = None, unlabeled: str = "skip",
                  split_file: str | os.PathLike | None = None, split: str | None = None,
-                 skip_invalid: bool = False) -> tuple[list[Record], list[str]]:
+                 skip_invalid: bool = False, split_mode: str = "official",
+                 test_fraction: float = 0.2, split_seed: int = 7) -> tuple[list[Record], list[str]]:
     """``split_file``: a text file of image stems, or BSData's ``image_data.json``
-    (``images[].filename`` / ``train_test_split``, selected by ``split``)."""
+    (``images[].filename`` / ``train_test_split``, selected by ``split``).
+
+    ``split_mode`` (``split`` is then ``train`` or ``test``):
+    ``official`` the lists above; ``wear_dev`` (BSData json) a split by wear-development
+    sequence (see ``_wear_dev_split``); ``random`` a seeded split of the sorted stems
+    (no split_file needed): ``int(test_fraction * N)`` test images (ZNet: N // 5, seed 7),
+    annotated and unannotated images drawn separately."""
+    if split_mode not in SPLIT_MODES:
+        raise DataFormatError(f"split_mode: must be one of {SPLIT_MODES}, got {split_mode!r}")
+    if split_mode != "official" and split not in ("train", "test"):
+        raise DataFormatError(f"split: must be 'train' or 'test' with split_mode {split_mode!r}, got {split!r}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise DataFormatError(f"test_fraction: must be in (0, 1), got {test_fraction!r}")
     if unlabeled not in ("skip", "normal"):
         raise DataFormatError(f"unlabeled: must be 'skip' or 'normal', got {unlabeled!r}")
     aroot = require_path(ann_dir, "ann_dir", kind="dir")
     img_root = require_path(img_dir, "img_dir", kind="dir") if img_dir is not None else None
     if unlabeled == "normal" and img_root is None:
         raise DataFormatError("unlabeled: 'normal' needs img_dir (the folder listing every image)")
-    keep = _split_stems(split_file, split)
+    if split_mode == "random":
+        keep = random_split(sorted(js.stem for js in aroot.glob("*.json")), test_fraction, split_seed)[split]
+        if unlabeled == "normal":
+            annotated = {js.stem for js in aroot.glob("*.json")}
+            keep |= random_split([p.stem for p in list_images(img_root) if p.stem not in annotated],
+                                 test_fraction, split_seed)[split]
+    else:
+        keep = _split_stems(split_file, split, split_mode, test_fraction, split_seed)
     problems = Problems(skip_invalid, str(aroot))
 
     parsed = []   # (json path, image path, w, h, [(label name, polygon)], meta)
@@ -162,11 +185,49 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
     return records, classes
 
 
-def _split_stems(split_file, split) -> set[str] | None:
+def random_split(stems: list[str], test_fraction: float, seed: int) -> dict[str, set[str]]:
+    """``{'train': ..., 'test': ...}``: a ``numpy.random.default_rng(seed)`` permutation of the
+    SORTED stems; the first ``int(test_fraction * N)`` are test (same on every machine)."""
+    stems = sorted(stems)
+    order = np.random.default_rng(int(seed)).permutation(len(stems))
+    n_test = int(test_fraction * len(stems))
+    test = {stems[i] for i in order[:n_test]}
+    return {"train": set(stems) - test, "test": test}
+
+
+def _wear_dev_split(p: Path, images: list, split: str, test_fraction: float, seed: int) -> set[str]:
+    """BSData split by wear-development sequence (no sequence on both sides): the sorted
+    sequence ids are permuted with ``default_rng(seed)`` and the first
+    ``max(1, round(test_fraction * K))`` become test sequences. An image is test when all its
+    ``wear_dev`` sequences are test ones, train when none is; an image in a train AND a test
+    sequence is left out of both; an image without a sequence keeps its ``train_test_split``."""
+    seqs = sorted({str(w) for im in images if isinstance(im, dict) for w in (im.get("wear_dev") or [])})
+    if not seqs:
+        raise DataFormatError(f"{p}: split_mode 'wear_dev': no image has a wear_dev sequence")
+    order = np.random.default_rng(int(seed)).permutation(len(seqs))
+    test_seqs = {seqs[i] for i in order[:max(1, round(test_fraction * len(seqs)))]}
+    out = set()
+    for im in images:
+        if not isinstance(im, dict):
+            continue
+        ws = {str(w) for w in (im.get("wear_dev") or [])}
+        side = im.get("train_test_split") if not ws else (
+            "test" if ws <= test_seqs else "train" if not ws & test_seqs else None)
+        if side == split:
+            out.add(Path(str(im.get("filename", ""))).stem)
+    return out
+
+
+def _split_stems(split_file, split, split_mode: str = "official", test_fraction: float = 0.2,
+                 split_seed: int = 7) -> set[str] | None:
     if split_file is None:
+        if split_mode == "wear_dev":
+            raise DataFormatError("split_mode 'wear_dev' needs split_file: BSData's image_data.json")
         return None
     p = Path(split_file)
     if p.suffix.lower() != ".json":
+        if split_mode == "wear_dev":
+            raise DataFormatError(f"{p}: split_mode 'wear_dev' needs BSData's image_data.json")
         return set(read_split_file(p))
     data = _load_json(require_path(p, "split_file"))
     images = data.get("images")
@@ -174,6 +235,11 @@ def _split_stems(split_file, split) -> set[str] | None:
         raise DataFormatError(f"{p}: split_file: expected BSData's {{'images': [...]}}")
     if split is None:
         raise DataFormatError(f"{p}: split: required with a json split_file (e.g. 'train')")
+    if split_mode == "wear_dev":
+        stems = _wear_dev_split(p, images, split, test_fraction, split_seed)
+        if not stems:
+            raise DataFormatError(f"{p}: split_mode 'wear_dev' gives no {split!r} image (empty split)")
+        return stems
     stems = {Path(str(im.get("filename", ""))).stem for im in images
              if isinstance(im, dict) and im.get("train_test_split") == split}
     if not stems:

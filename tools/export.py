@@ -1,0 +1,116 @@
+"""Export a fitted model to ONNX: pre-processing + model + score normalisation in one graph.
+
+    python tools/export.py configs/padim/padim_r18_rd100_mvtec.yaml work_dirs/padim_r18_rd100_mvtec/latest.pth \
+        --format onnx [--input-size 256 256] [--out model.onnx] [--check]
+
+Input ``image``: float32 (B, 3, H, W) RGB in [0, 1] (B is dynamic, H x W fixed at export;
+default: the model's final input size, i.e. what the config's data pipeline produces).
+When H x W differs from the model's input size the graph resizes (bilinear, without
+antialias: ONNX has no antialiased resize) and centre-crops as the model's pre-processing.
+Outputs (PaDiM): ``anomaly_map`` (B, 1, S, S) and ``pred_score`` (B,) normalised to [0, 1]
+(0.5 = fitted threshold), ``raw_map`` and ``raw_score`` (unnormalised).
+``--check`` runs onnxruntime on random input and prints the max abs difference to PyTorch.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from _common import add_cfg_options, load
+
+OUTPUTS = ("anomaly_map", "pred_score", "raw_map", "raw_score")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input height and width (default: the model's input size)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--out", help="default: work_dirs/<config-stem>/<checkpoint-stem>.onnx")
+    p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch")
+    add_cfg_options(p)
+    return p.parse_args(argv)
+
+
+def export_wrapper(model):
+    """An ``nn.Module`` mapping an image tensor to the tuple of OUTPUTS."""
+    import torch
+
+    class Exported(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, image):
+            raw = self.inner.raw_maps(image, antialias=False)
+            raw_score = raw.amax(dim=(1, 2, 3))
+            return (self.inner.normalize(raw, "pixel"), self.inner.normalize(raw_score, "image"),
+                    raw, raw_score)
+
+    if not hasattr(model, "raw_maps"):
+        sys.exit(f"export: {type(model).__name__} has no raw_maps(); only anomaly models (PaDiM) export")
+    # the tracer walks state_dict(keep_vars=True) and cannot take the module's extra state
+    # (a dict of pre-processing/calibration facts): trace a shallow copy without it
+    import copy
+
+    plain = copy.copy(model)
+    plain.__class__ = type(f"{type(model).__name__}Export", (type(model),),
+                           {"get_extra_state": torch.nn.Module.get_extra_state})
+    return Exported(plain).eval()
+
+
+def export_onnx(model, out_path, height: int, width: int, opset: int = 17) -> Path:
+    import torch
+
+    wrapper = export_wrapper(model)
+    if model.precision_factor.dtype != torch.float32:
+        sys.exit("export: precision_dtype float16 is not exportable; export a float32 model")
+    example = torch.rand(2, 3, height, width)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    import warnings
+
+    with warnings.catch_warnings():   # tracer notes on shape checks that are constant for a fixed input size
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (example,), str(out_path), input_names=["image"], output_names=list(OUTPUTS),
+                          dynamic_axes={"image": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUTS}},
+                          opset_version=opset, dynamo=False)
+    return out_path
+
+
+def check_onnx(model, path, height: int, width: int, batch: int = 2, seed: int = 0) -> dict:
+    """Max abs difference per output between onnxruntime and PyTorch on random images."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, height, width, generator=g)
+    with torch.no_grad():
+        ref = [t.numpy() for t in export_wrapper(model)(x)]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(list(OUTPUTS), {"image": x.numpy()})
+    return {k: float(np.abs(a - b).max()) for k, a, b in zip(OUTPUTS, ref, got)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load(args)
+    from defectkit.engine import default_work_dir, init_model
+
+    model, _ = init_model(cfg, args.checkpoint, "cpu")
+    h, w = args.input_size or (model.input_size, model.input_size)
+    out = Path(args.out or Path(cfg.get("work_dir") or default_work_dir(args.config))
+               / f"{Path(args.checkpoint).stem}.onnx")
+    export_onnx(model, out, h, w, args.opset)
+    print(f"wrote {out} (input image: B x 3 x {h} x {w} float32 in [0, 1]; outputs {', '.join(OUTPUTS)})")
+    if args.check:
+        diffs = check_onnx(model, out, h, w)
+        print("onnxruntime vs PyTorch, max abs diff: " + "  ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
