@@ -18,8 +18,12 @@ def test_znet_parameter_count_and_shape():
     # the note's hand count: ~4.40 M, dominated by the two 256->256 5x5 convs (1.64 M each)
     assert 4.35e6 < n_params(m) < 4.45e6
     assert n_params(m.bottleneck) == 256 * 256 * 25 + 256 + 2 * 256
-    # one shared 6->6 3x3 block: 324 weights + 6 biases + 12 BatchNorm parameters
-    assert n_params(m.scope.block) == 342
+    # one shared 6->6 3x3 block: 324 weights + 6 biases + 12 BatchNorm parameters (original)
+    orig = ZNet(compat="original").scope
+    assert n_params(orig.conv) + n_params(orig.norms) == 342
+    # original: BN1d in gate 1 (5 + 30 channels) and gate 2 (8), BN on the last conv (2 channels)
+    # = 2 * 45 = 90 more parameters; fixed: three more Scope BatchNorms = 3 * 12 = 36
+    assert n_params(ZNet(compat="original")) - n_params(m) == 90 - 36
     m.eval()
     with torch.no_grad():
         logits, aux = m.logits(torch.rand(1, 3, 64, 128))
@@ -28,24 +32,29 @@ def test_znet_parameter_count_and_shape():
         assert m.logits(torch.rand(1, 3, 50, 70))[0].shape == (1, 2, 50, 70)
 
 
-def test_scope_conv_shares_one_block_four_times():
-    scope = ScopeConv(6, 4, share_weights=True)
-    calls = []
-    scope.block.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape))
-    out = scope(torch.rand(2, 3, 16, 16))
-    assert out.shape == (2, 30, 16, 16) and len(calls) == 4
-    # the four outputs are f(a), f(f(a)), ...: recompute them from the stem by hand
-    x = torch.rand(1, 3, 8, 8)
-    scope.eval()
-    with torch.no_grad():
-        a = scope.stem(x)
-        chain = [a]
-        for _ in range(4):
-            chain.append(scope.block(chain[-1]))
-        torch.testing.assert_close(scope(x), torch.cat(chain, 1))
+def test_scope_conv_shares_one_conv_four_times():
+    for share_bn in (True, False):
+        scope = ScopeConv(6, 4, share_weights=True, share_bn=share_bn)
+        calls = []
+        scope.conv.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape))
+        out = scope(torch.rand(2, 3, 16, 16))
+        assert out.shape == (2, 30, 16, 16) and len(calls) == 4      # one conv, four applications
+        assert n_params(scope.conv) == 6 * 6 * 9 + 6
+        assert len(scope.norms) == (1 if share_bn else 4)
+        # the outputs are [a, f(a), f(f(a)), ...]: recompute them from the stem by hand
+        scope.eval()
+        x = torch.rand(1, 3, 8, 8)
+        with torch.no_grad():
+            chain = [scope.stem(x)]
+            for i in range(4):
+                bn = scope.norms[0 if share_bn else i]
+                chain.append(torch.relu(bn(scope.conv(chain[-1]))))
+            torch.testing.assert_close(scope(x), torch.cat(chain, 1))
+    shared = ScopeConv(6, 4, share_weights=True)
     unshared = ScopeConv(6, 4, share_weights=False)
-    assert n_params(unshared) - n_params(scope) == 3 * 342
-    assert len({id(p) for p in scope.parameters()}) == len(list(scope.parameters()))
+    assert n_params(unshared) - n_params(shared) == 3 * 342
+    # ZNet: the original shares the block's BatchNorm as well, fixed gives each step its own
+    assert len(ZNet(compat="original").scope.norms) == 1 and len(ZNet().scope.norms) == 4
 
 
 def test_znet_compat_original_vs_fixed():

@@ -9,7 +9,8 @@ When H x W differs from the model's input size the graph resizes (bilinear, with
 antialias: ONNX has no antialiased resize) and centre-crops as the model's pre-processing.
 Outputs (PaDiM): ``anomaly_map`` (B, 1, S, S) and ``pred_score`` (B,) normalised to [0, 1]
 (0.5 = fitted threshold), ``raw_map`` and ``raw_score`` (unnormalised).
-``--check`` runs onnxruntime on random input and prints the max abs difference to PyTorch.
+``--check`` runs onnxruntime on the first data.test images (random ones when those are not
+H x W) and prints the max abs difference to PyTorch per output.
 """
 import argparse
 import sys
@@ -80,19 +81,34 @@ def export_onnx(model, out_path, height: int, width: int, opset: int = 17) -> Pa
     return out_path
 
 
-def check_onnx(model, path, height: int, width: int, batch: int = 2, seed: int = 0) -> dict:
-    """Max abs difference per output between onnxruntime and PyTorch on random images."""
+def check_onnx(model, path, height: int, width: int, batch: int = 2, seed: int = 0, images=None) -> dict:
+    """Max abs difference per output between onnxruntime and PyTorch on ``images``
+    (B, 3, H, W) or random images (which saturate the normalised outputs)."""
     import numpy as np
     import onnxruntime as ort
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, 3, height, width, generator=g)
+    x = images if images is not None else torch.rand(batch, 3, height, width, generator=g)
     with torch.no_grad():
         ref = [t.numpy() for t in export_wrapper(model)(x)]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(list(OUTPUTS), {"image": x.numpy()})
     return {k: float(np.abs(a - b).max()) for k, a, b in zip(OUTPUTS, ref, got)}
+
+
+def test_images(cfg, h: int, w: int, n: int = 4):
+    """The first ``n`` images of data.test after its pipeline, when they are H x W (else None)."""
+    import torch
+
+    from defectkit.engine import build_dataset
+
+    try:
+        ds = build_dataset(cfg["data"]["test"])
+        imgs = torch.stack([ds[i]["image"].as_subclass(torch.Tensor) for i in range(min(n, len(ds)))])
+    except Exception:      # no test data here: fall back to random images
+        return None
+    return imgs if tuple(imgs.shape[-2:]) == (h, w) else None
 
 
 def main(argv=None):
@@ -107,7 +123,9 @@ def main(argv=None):
     export_onnx(model, out, h, w, args.opset)
     print(f"wrote {out} (input image: B x 3 x {h} x {w} float32 in [0, 1]; outputs {', '.join(OUTPUTS)})")
     if args.check:
-        diffs = check_onnx(model, out, h, w)
+        images = test_images(cfg, h, w)
+        diffs = check_onnx(model, out, h, w, images=images)
+        print(f"checked on {'the first test images' if images is not None else 'random images'}")
         print("onnxruntime vs PyTorch, max abs diff: " + "  ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     return 0
 

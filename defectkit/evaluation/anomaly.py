@@ -108,7 +108,7 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 def pro_curve(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Exact (FPR, PRO) over every distinct score, starting at (0, 0); see the module docstring."""
-    scores, weights, background = [], [], []
+    scores, background = [], []
     regions = 0
     sizes: list[np.ndarray] = []
     region_of = []
@@ -183,7 +183,6 @@ class AnomalyEvaluator(BaseEvaluator):
         self._thumbs = {}
 
     def process(self, batch: dict, results: list) -> None:
-        import torch
         import torch.nn.functional as F
 
         masks = batch.get("mask")

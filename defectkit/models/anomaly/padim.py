@@ -181,7 +181,8 @@ class StreamingGaussian:
         ``release`` frees each chunk's accumulator once yielded (peak memory stays flat)."""
         n = self.n
         eye = torch.eye(self.dim, dtype=torch.float64)
-        step = 128          # positions per float64 (d, d) block: bounds the temporaries
+        # positions per float64 (d, d) block: ~64 MB per temporary (128 for d = 100, 27 for d = 550)
+        step = max(1, min(128, 2 ** 26 // (8 * self.dim * self.dim)))
         for c, (a, b) in enumerate(self.chunks):
             for s in range(a, b, step):
                 e = min(s + step, b)
@@ -435,14 +436,18 @@ class PaDiM(nn.Module):
         total = len(dataset) if dataset is not None else None
         acc = StreamingGaussian(self.grid[0] * self.grid[1], self.num_features, self.chunk_positions)
         held: list[tuple[torch.Tensor, str]] = []
-        seen = 0
+        seen = skipped = 0
         bar = tqdm(total=total, desc="PaDiM fit", unit="img", disable=None, leave=False)
         for batch in loader:
             images = batch["image"]
             n = images.shape[0]
             paths = [str((m or {}).get("path", f"#{seen + j}")) for j, m in enumerate(batch.get("meta") or [None] * n)]
             hold = [k > 0 and (seen + j) % k == k - 1 for j in range(n)]
-            keep = [j for j in range(n) if not hold[j]]
+            defective = batch.get("is_defective")
+            bad = [j for j in range(n) if defective is not None and int(defective[j]) == 1]
+            skipped += len(bad)
+            keep = [j for j in range(n) if not hold[j] and j not in bad]
+            hold = [h and j not in bad for j, h in enumerate(hold)]
             held += [(images[j].cpu(), paths[j]) for j in range(n) if hold[j]]
             for a in range(0, len(keep), self.fit_micro_batch):
                 emb = self.embed(self.preprocess(images[keep[a:a + self.fit_micro_batch]]))
@@ -450,6 +455,10 @@ class PaDiM(nn.Module):
             seen += n
             bar.update(n)
         bar.close()
+        if skipped:
+            msg = f"PaDiM.fit: skipped {skipped} training images labelled defective (PaDiM fits normal images only)"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            logger.warning(msg)
         if acc.n == 0:
             raise ValueError("PaDiM.fit: no training image (the training set is empty or every "
                              "image was held out; lower model.calibration.val_ratio)")
@@ -466,9 +475,10 @@ class PaDiM(nn.Module):
             l_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye, upper=False)
             f = self.precision_factor
             f[a:b] = l_inv.transpose(1, 2).to(f.dtype).to(f.device)
+        num_fit = acc.n
         del acc
         self.fitted.fill_(True)
-        self.record = {"num_train": int(seen - len(held)), "train_held_out": [p for _, p in held],
+        self.record = {"num_train": int(num_fit), "train_held_out": [p for _, p in held], "skipped_defective": skipped,
                        "sources": []}
         self._val_maps = []
         for a in range(0, len(held), 16):
