@@ -73,7 +73,7 @@ def test_infer_tool_writes_masks(seg_setup):
 @pytest.mark.parametrize("name", ["znet_bsdata", "znet_original_bsdata", "unet_bsdata", "znet_bsdata_repro",
                                   "znet_ballscrew", "unet_ballscrew", "znet_tiny_ballscrew",
                                   "znet_original_tiny_ballscrew", "unet_tiny_ballscrew",
-                                  "znet_demo_ballscrew", "unet_demo_ballscrew"])
+                                  "unet_demo_ballscrew"])
 def test_configs_load(name):
     cfg = load_config(ROOT / "configs/znet" / f"{name}.yaml")
     assert cfg["model"]["type"] in ("ZNet", "UNet")

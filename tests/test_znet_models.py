@@ -137,7 +137,7 @@ def test_losses_fall_on_a_tiny_set(name):
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     batch = {"image": imgs, "mask": masks}
     losses = []
-    for _ in range(25):
+    for _ in range(20):
         out = model(batch)
         loss = out["loss_ce"] + out["loss_dice"]
         opt.zero_grad()

@@ -20,6 +20,7 @@ PY = sys.executable
 # the synthetic datasets the runs need: out dir -> make_synth arguments
 DATASETS = {
     "data/synth_fabric": ["--preset", "fabric", "--num-images", "400", "--size", "256x256", "--seed", "0"],
+    "data/synth_ballscrew_tiny": ["--preset", "ballscrew", "--num-images", "300", "--size", "256x128", "--seed", "0"],
     "data/demo_padim": ["--preset", "fabric", "--num-images", "200", "--size", "128x128", "--seed", "0"],
 }
 
@@ -27,13 +28,16 @@ DATASETS = {
 _CLS = [("accuracy", "acc"), ("f1_macro", "macro-F1"), ("roc_auc", "AUROC")]
 _DET = [("mAP", "mAP"), ("AP50", "AP50"), ("f1_macro", "image F1"), ("att_ms", "ATT ms"),
         ("att_normal_ms", "ATT_N"), ("att_defective_ms", "ATT_D")]
+_SEG = [("mIoU", "mIoU"), ("defect_IoU", "defect IoU"), ("znet_defect_IoU", "znet_repo IoU")]
 RUNS = [
     ("classifier", "configs/classifier/smallcnn_tiny_synth.yaml", _CLS),
-    # DefectNet vs one-model, same detector and 3-epoch schedule (docs/defectnet.md has 12 epochs)
+    # DefectNet vs one-model, same detector and 2-epoch schedule (docs/defectnet.md has 12 epochs)
     ("detector", "configs/defectnet/one_model_cascade_demo_synth.yaml", _DET),
     ("DefectNet", "configs/defectnet/defectnet_const_cascade_demo_synth.yaml", _DET),
     ("PaDiM", "configs/padim/padim_tiny_synth.yaml",
      [("image_auroc", "img AUROC"), ("pixel_auroc", "pix AUROC"), ("aupro", "AUPRO")]),
+    ("ZNet", "configs/znet/znet_tiny_ballscrew.yaml", _SEG),
+    ("UNet", "configs/znet/unet_demo_ballscrew.yaml", _SEG),
 ]
 
 
