@@ -366,3 +366,17 @@ def get_by_path(cfg: dict, dotted: str, default: Any = None) -> Any:
         else:
             return default
     return node
+
+
+def options_from(cls: type, value: Any, key: str) -> Any:
+    """Build the dataclass ``cls`` of a sub-config (``model.gate``, ``model.aux_head``) from
+    a dict: None and ready instances pass through; an unknown key fails naming ``key``."""
+    if value is None or isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(f"{key}: expected a dict or null, got {type(value).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ValueError(f"{key}: unknown option(s) {', '.join(unknown)} (options: {', '.join(sorted(names))})")
+    return cls(**value)

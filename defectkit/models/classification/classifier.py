@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ...registry import MODELS
 from ...structures import ClassificationResult, class_names_for
 from ..backbones import build_backbone
+from ..class_weights import register_class_weights
 
 
 @MODELS.register()
@@ -65,14 +66,7 @@ class ImageClassifier(nn.Module):
                                        norm_eval=norm_eval, out_indices=(4,))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(self.backbone.out_channels[-1], num_classes)
-        if class_weights is not None:
-            if len(class_weights) != num_classes:
-                raise ValueError(f"ImageClassifier: class_weights has {len(class_weights)} values "
-                                 f"for {num_classes} classes")
-            self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32),
-                                 persistent=False)
-        else:
-            self.class_weights = None
+        register_class_weights(self, class_weights, num_classes, "model.class_weights")
 
     # ------------------------------------------------------------------ building blocks
     def logits(self, images: torch.Tensor) -> torch.Tensor:

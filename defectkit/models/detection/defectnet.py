@@ -30,11 +30,13 @@ exponential    f = k * w0 / max(a ** (n / T), 1e-6)     k default 1, a default 2
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ...config import options_from
 
 SCHEDULES = ("constant", "linear", "inverse", "exponential")
 
@@ -72,15 +74,7 @@ class GateConfig:
 
     @classmethod
     def parse(cls, gate: "GateConfig | dict | None") -> "GateConfig | None":
-        if gate is None or isinstance(gate, GateConfig):
-            return gate
-        if not isinstance(gate, dict):
-            raise TypeError(f"gate: expected a dict, a GateConfig or null, got {type(gate).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(gate) - names)
-        if unknown:
-            raise ValueError(f"gate: unknown option(s) {', '.join(unknown)} (options: {', '.join(sorted(names))})")
-        return cls(**gate)
+        return options_from(cls, gate, "gate")
 
 
 def gate_weight(cfg: GateConfig, n: float) -> float:

@@ -19,13 +19,15 @@ mask and the decoder runs only on the others.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...config import options_from
 from ...structures import SegmentationResult
+from ..class_weights import register_class_weights
 from .losses import LOSS_TYPES, segmentation_losses
 
 
@@ -37,21 +39,13 @@ class AuxHeadConfig:
     weight: float = 0.4             # loss_aux = weight * CE(image logits, is_defective)
     gate_thr: float | None = None   # predict: P(defective) <= gate_thr -> empty mask, decoder skipped
 
+    def __post_init__(self):
+        if self.pooling not in ("avg", "max"):
+            raise ValueError(f"model.aux_head.pooling: must be 'avg' or 'max', got {self.pooling!r}")
+
     @classmethod
     def parse(cls, value: "AuxHeadConfig | dict | None") -> "AuxHeadConfig | None":
-        if value is None or isinstance(value, AuxHeadConfig):
-            return value
-        if not isinstance(value, dict):
-            raise TypeError(f"model.aux_head: expected a dict or null, got {type(value).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ValueError(f"model.aux_head: unknown option(s) {', '.join(unknown)} "
-                             f"(options: {', '.join(sorted(names))})")
-        cfg = cls(**value)
-        if cfg.pooling not in ("avg", "max"):
-            raise ValueError(f"model.aux_head.pooling: must be 'avg' or 'max', got {cfg.pooling!r}")
-        return cfg
+        return options_from(cls, value, "model.aux_head")
 
 
 class AuxHead(nn.Module):
@@ -92,14 +86,7 @@ class SegmentorBase(nn.Module):
         self.ignore_index = int(ignore_index)
         self.dice_weight = float(dice_weight)
         self.keep_probs = bool(keep_probs)
-        if class_weights is not None:
-            if len(class_weights) != num_classes:
-                raise ValueError(f"{name}: model.class_weights has {len(class_weights)} values for "
-                                 f"{num_classes} classes (background first)")
-            self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32),
-                                 persistent=False)
-        else:
-            self.class_weights = None
+        register_class_weights(self, class_weights, num_classes, f"{name}: model.class_weights (background first)")
         self.aux_cfg = AuxHeadConfig.parse(aux_head)
         self.aux_head = AuxHead(bottleneck_channels, self.aux_cfg) if self.aux_cfg else None
 
