@@ -302,3 +302,13 @@ def test_gate_pool_option():
     assert torch.allclose(head(x), expected)
     avg = GateHead(3)
     assert torch.allclose(avg(x), avg.fc(torch.full((1, 3), 5.0 / 16)))
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_gate_detach_keeps_gate_loss_out_of_backbone(detach):
+    torch.manual_seed(0)
+    m = FasterRCNN(**TINY, gate={"detach": detach}).train()
+    m(make_batch(normal=(0, 1, 2, 3)))["loss_gate"].backward()   # all normal: only the gate loss
+    backbone_grad = sum(float(p.grad.abs().sum()) for p in m.backbone.parameters() if p.grad is not None)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.gate.parameters())
+    assert (backbone_grad == 0.0) == detach

@@ -55,6 +55,8 @@ class GateConfig:
     normal_negatives: bool = False  # also feed normal images to RPN/RoI heads as negatives
     pool: str = "avg"               # avg (the original) | max: global max pooling of C5, so a
                                     # small defect is not averaged away (helps from scratch)
+    detach: bool = False            # True: the gate loss does not reach the backbone (the gate
+                                    # reads the detector's features); the original trains jointly
 
     def __post_init__(self):
         if self.schedule == "exponent":   # the original's spelling

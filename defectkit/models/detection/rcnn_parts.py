@@ -272,7 +272,8 @@ class TwoStageDetector(nn.Module):
             feats = self.backbone(images)           # every image trains the gate
             y = batch.get("is_defective")
             y = has_boxes.long() if y is None else torch.as_tensor(y, device=images.device).long()
-            logits = self.gate(feats["layer4"])
+            c5 = feats["layer4"].detach() if self.gate_cfg.detach else feats["layer4"]
+            logits = self.gate(c5)
             losses["loss_gate"] = F.cross_entropy(logits.float(), y) * self.gate_loss_weight()
             losses["acc_gate"] = (logits.detach().argmax(1) == y).float().mean() * 100
             if det_idx.numel() == 0:
