@@ -32,8 +32,9 @@ from ..config import ConfigError, dump_config, validate_config
 from ..data.collate import to_device
 from ..registry import LR_SCHEDULES
 from . import distributed as dist_utils
-from .builders import (DeviceLoader, build_dataset, build_eval_loader, build_evaluator, build_model,
+from .builders import (build_dataset, build_eval_loader, build_evaluator, build_model,
                        build_train_loader, dataset_classes, iters_per_epoch)
+from .fitting import fit_model
 from .checkpoint import (CheckpointError, CheckpointNotFoundError, extract_state_dict,
                          find_latest_checkpoint, link_or_copy, load_checkpoint, load_state_dict,
                          make_checkpoint, make_meta, save_checkpoint, update_latest)
@@ -554,36 +555,7 @@ class Trainer:
 
     def _fit(self) -> None:
         """Statistical models: ``model.fit(loader)`` over the training set, save, evaluate."""
-        if self.epoch >= 1:
-            self.logger.info("the resumed checkpoint is already fitted; evaluating only")
-            self._update_best(self.evaluate())
-            return
-        if self.world_size > 1:
-            self.logger.warning("fitting does not split work across processes: every rank fits "
-                                "the whole training set (identical results)")
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(0)
-        sampler = TrainSampler(len(self.train_set), shuffle=False, seed=self.seed)
-        loader = build_train_loader(self.train_set, self.batch_size, sampler, 0,
-                                    num_workers=self.data_cfg.num_workers, seed=self.seed,
-                                    pin_memory=self.device.type == "cuda")
-        self.logger.info(f"fitting {type(self.model).__name__} on {len(self.train_set)} samples")
-        t0 = time.perf_counter()
-        self.model.fit(DeviceLoader(loader, self.device))
-        if self.val_set is not None and callable(getattr(self.model, "calibrate", None)):
-            # labelled validation images (never the test split) refine thresholds/normalisation
-            self.logger.info(f"calibrating on data.val ({len(self.val_set)} samples)")
-            self.model.calibrate(DeviceLoader(build_eval_loader(
-                self.val_set, self.data_cfg.val_batch_size or self.batch_size, self.data_cfg.num_workers,
-                distributed=False), self.device))
-        self.logger.info(f"fitted in {time.perf_counter() - t0:.1f} s")
-        self.epoch, self.iter, self.inner_iter = 1, len(loader), 0
-        self.writer.write({"mode": "train", "step": self.iter, "epoch": 1, "iter": self.iter,
-                           "fit_time_s": time.perf_counter() - t0})
-        improved = self._update_best(self.evaluate()) if self.evaluator is not None else False
-        saved = self.save_checkpoint()
-        if improved:
-            self._save_best(saved)
+        fit_model(self)
 
     def close(self) -> None:
         """Release logs and (if this trainer created it) the process group."""
