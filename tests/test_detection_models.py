@@ -232,6 +232,22 @@ def test_two_model_loads_checkpoints(tmp_path):
     m = TwoModelDetector(cls_cfg, det_cfg, str(tmp_path / "c.pth"), str(tmp_path / "d.pth"))
     torch.testing.assert_close(m.detector.stages[2].cls_score.weight, d.stages[2].cls_score.weight)
     torch.testing.assert_close(m.classifier.fc.weight, c.fc.weight)
+    # the parts may also be given as the paths of their own config files
+    import yaml
+
+    for name, part in (("cls", cls_cfg), ("det", det_cfg)):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"model": part}))
+    m2 = TwoModelDetector(str(tmp_path / "cls.yaml"), str(tmp_path / "det.yaml"),
+                          str(tmp_path / "c.pth"), str(tmp_path / "d.pth"))
+    torch.testing.assert_close(m2.detector.stages[2].cls_score.weight, d.stages[2].cls_score.weight)
+    (tmp_path / "empty.yaml").write_text("seed: 1\n")
+    with pytest.raises(ValueError, match="model.detector: config file .*empty.yaml has no `model`"):
+        TwoModelDetector(cls_cfg, str(tmp_path / "empty.yaml"))
+
+
+def test_missing_pretrained_file_names_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.pretrained: weights file .*nope.pth.* train that config"):
+        build_model(dict(type="CascadeRCNN", **{**TINY, "pretrained": str(tmp_path / "nope.pth")}))
 
 
 # -------------------------------------------------------------------------- configs
@@ -242,8 +258,10 @@ def _force_null(model_cfg):
     model_cfg = dict(model_cfg)
     if model_cfg["type"] == "TwoModelDetector":
         model_cfg["classifier_checkpoint"] = model_cfg["detector_checkpoint"] = None
-        model_cfg["classifier"] = {**model_cfg["classifier"], "pretrained": None}
-        model_cfg["detector"] = {**model_cfg["detector"], "pretrained": None}
+        for key in ("classifier", "detector"):   # a model dict or a config file's path
+            part = model_cfg[key]
+            part = load_config(ROOT / part)["model"] if isinstance(part, str) else part
+            model_cfg[key] = {**part, "pretrained": None}
     elif "pretrained" in model_cfg:
         model_cfg["pretrained"] = None
     return model_cfg

@@ -5,7 +5,8 @@
 For each config, ``<work-root>/<config-stem>/test/metrics.json`` (what tools/test.py
 writes) is reused when present. Otherwise the checkpoint ``<work-root>/<stem>/latest.pth``
 is tested with tools/test.py, and when it is missing too (or with --train) the config is
-first trained with tools/train.py. The tools run as subprocesses, each command printed
+first trained with tools/train.py. Models that load their own weights (the two-model
+baseline, from its classifier and detector checkpoints) are only tested. The tools run as subprocesses, each command printed
 before it runs. The columns follow the family of the results (one table per family):
 
 - detection (and classifiers next to it): ``Model | mAP | F1 | ATT(ms) | ATT_N | ATT_D``
@@ -63,16 +64,26 @@ def run(cmd) -> None:
     print(f"[compare] done in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
+def loads_own_weights(config: str) -> bool:
+    import defectkit  # noqa: F401  (registers the models)
+    from defectkit.config import load_config
+    from defectkit.registry import MODELS
+
+    return bool(getattr(MODELS.get(load_config(config)["model"]["type"]), "loads_own_weights", False))
+
+
 def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None = None) -> dict:
     """metrics of ``config``: reused, tested, or trained then tested."""
     work_dir = work_root / Path(config).stem
     metrics_path = work_dir / "test" / "metrics.json"
     ckpt = work_dir / "latest.pth"
     dev = ["--device", device] if device else []
+    own_weights = loads_own_weights(config)    # e.g. two-model: tested from its parts' checkpoints
     if train or not metrics_path.is_file():
-        if train or not ckpt.is_file():
+        if not own_weights and (train or not ckpt.is_file()):
             run([PY, ROOT / "tools/train.py", config, "--work-dir", work_dir, *dev])
-        run([PY, ROOT / "tools/test.py", config, ckpt, "--out-dir", work_dir / "test", *dev])
+        run([PY, ROOT / "tools/test.py", config, *([] if own_weights else [ckpt]),
+             "--out-dir", work_dir / "test", *dev])
     else:
         print(f"[compare] reusing {metrics_path} (--train retrains)")
     record = json.loads(metrics_path.read_text())

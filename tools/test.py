@@ -19,7 +19,9 @@ from _common import add_cfg_options, load, pipeline_norm, result_names
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?",
+                   help="weights to test; omitted only for models that load their own "
+                        "(TwoModelDetector: classifier_checkpoint / detector_checkpoint)")
     p.add_argument("--out-dir", help="default: work_dirs/<config-stem>/test")
     p.add_argument("--split", default="test", choices=["test", "val", "train"],
                    help="which data split of the config to evaluate (default: test)")
@@ -48,8 +50,14 @@ def main(argv=None):
     out_dir = Path(args.out_dir or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "test")
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    from defectkit.registry import MODELS
+
     device = resolve_device(args.device or cfg.get("device"))
     dataset = build_dataset(data_cfg)
+    if args.checkpoint is None:
+        if not getattr(MODELS.get(cfg["model"]["type"]), "loads_own_weights", False):
+            sys.exit(f"tools/test.py: give the checkpoint to test after {args.config}")
+        cfg.setdefault("classes", list(dataset.classes))
     model, meta = init_model(cfg, args.checkpoint, device)
     classes = meta.get("classes") or dataset.classes
     evaluator = build_evaluator(cfg["evaluation"], classes, dataset=dataset)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from typing import Any, Iterable
 
 import torch
@@ -42,6 +43,7 @@ def build_model(model_cfg: dict, classes: list[str] | None = None) -> torch.nn.M
     a constructor that takes ``classes`` gets the names (and derives its own output
     count from them and its other options); otherwise ``num_classes=len(classes)`` is
     passed when the constructor takes it."""
+    check_pretrained(model_cfg)
     defaults: dict[str, Any] = {}
     if classes is not None:
         if accepts(MODELS.get(model_cfg["type"]), "classes"):
@@ -49,6 +51,18 @@ def build_model(model_cfg: dict, classes: list[str] | None = None) -> torch.nn.M
         else:
             defaults = {"num_classes": len(classes)}
     return build_with_defaults(MODELS, model_cfg, **defaults)
+
+
+def check_pretrained(model_cfg: dict) -> None:
+    """A ``pretrained:`` that names a local file must exist; say which key, and how to
+    get the file, before any weights are built (it is often another config's checkpoint,
+    e.g. the tiny DefectNet configs start from the demo classifier's backbone)."""
+    path = model_cfg.get("pretrained")
+    if isinstance(path, str) and "://" not in path and not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"model.pretrained: weights file '{path}' not found (cwd {os.getcwd()}). If it is "
+            f"another config's checkpoint (see the config's comments), train that config first; "
+            f"or pass --cfg-options model.pretrained=null to start from random weights.")
 
 
 def build_dataset(dataset_cfg: dict) -> Any:

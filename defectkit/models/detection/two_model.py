@@ -39,11 +39,25 @@ def _subset(batch: dict, idx: list[int]) -> dict:
     return out
 
 
+def _model_cfg(spec: dict | str, key: str) -> dict:
+    """A model dict as given, or the ``model`` section of the config file ``spec``."""
+    if isinstance(spec, dict):
+        return spec
+    from ...config import load_config
+
+    cfg = load_config(spec)
+    if not isinstance(cfg.get("model"), dict):
+        raise ValueError(f"model.{key}: config file {spec} has no `model` section")
+    return cfg["model"]
+
+
 @MODELS.register()
 class TwoModelDetector(nn.Module):
     """Args:
-        classifier: model config of the classifier (an ``ImageClassifier`` dict, 2 classes).
-        detector: model config of the detector (e.g. a ``CascadeRCNN`` dict without gate).
+        classifier: model config of the classifier (an ``ImageClassifier`` dict, 2 classes),
+            or the path of the classifier's config file (its ``model`` section is used).
+        detector: model config of the detector (e.g. a ``CascadeRCNN`` dict without gate),
+            or the path of the detector's config file.
         classifier_checkpoint / detector_checkpoint: their trained weights (null: keep the
             freshly built weights; only useful in tests).
         threshold: the image goes to the detector when P(defective) > threshold.
@@ -51,13 +65,16 @@ class TwoModelDetector(nn.Module):
         classes / num_classes: the dataset's classes, passed on to the detector.
     """
 
-    def __init__(self, classifier: dict, detector: dict, classifier_checkpoint: str | None = None,
+    loads_own_weights = True    # tools/test.py needs no checkpoint for it
+
+    def __init__(self, classifier: dict | str, detector: dict | str, classifier_checkpoint: str | None = None,
                  detector_checkpoint: str | None = None, threshold: float = 0.5,
                  classifier_size: tuple[int, int] | None = None, classes: list[str] | None = None,
                  num_classes: int | None = None):
         super().__init__()
         from ...engine.builders import build_model
 
+        classifier, detector = _model_cfg(classifier, "classifier"), _model_cfg(detector, "detector")
         det_cfg = dict(detector)
         if num_classes is not None and "num_classes" not in det_cfg and classes is None:
             det_cfg["num_classes"] = num_classes
