@@ -107,6 +107,23 @@ def test_compare_reuses_metrics(tmp_path, capsys):
     assert table[3] == "| cls | n/a | 0.900 | 3.00 | 3.00 | 3.10 |"
 
 
+def test_compare_seeds_mean_and_std(tmp_path):
+    cmp_tool = tool("compare")
+    cfg = tmp_path / "det.yaml"
+    cfg.write_text("model: {type: X}\n")
+    for seed, (m_ap, f1) in zip((0, 1, 2), ((0.1, 0.8), (0.2, 0.6), (0.3, 0.7))):
+        d = tmp_path / "work" / f"det_seed{seed}" / "test"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.json").write_text(json.dumps({"metrics": {
+            "mAP": m_ap, "f1_macro": f1, "att_ms": 10.0, "att_normal_ms": float("nan"), "att_defective_ms": 10.0}}))
+    out = tmp_path / "table.md"
+    cmp_tool.main([str(cfg), "--seeds", "0", "1", "2", "--work-root", str(tmp_path / "work"), "--out", str(out)])
+    lines = out.read_text().splitlines()
+    assert "| det (seed 1) | 0.200 | 0.600 | 10.00 | n/a | 10.00 |" in lines
+    # mean 0.2, sample std 0.1 for both; a metric that is nan in a run is n/a
+    assert "| det (n=3) | 0.200 ± 0.100 | 0.700 ± 0.100 | 10.00 ± 0.00 | n/a | 10.00 ± 0.00 |" in lines
+
+
 # ------------------------------------------------- tools/test.py and benchmark.py on a detector
 class OracleDetector(torch.nn.Module):
     """Returns the ground truth of ``ann_file`` (original pixels) for each image id; images
@@ -184,6 +201,22 @@ def test_test_tool_on_detector(det_setup, capsys):
     assert len(preds) == 6 and {p["category_id"] for p in preds} == {1, 2}
     assert preds[0]["bbox"] == [3.0, 3.0, 12.0, 9.0]
     assert (out / "pr_curve.png").is_file() and (out / "confusion_matrix.png").is_file()
+
+
+def test_test_tool_checkpoint_only_optional_for_self_loading_models(det_setup, tmp_path):
+    with pytest.raises(SystemExit, match="give the checkpoint to test"):
+        tool("test").main([str(det_setup["cfg"]), "--out-dir", str(tmp_path / "a")])
+
+    class SelfLoading(OracleDetector):         # like TwoModelDetector: loads its parts' weights
+        loads_own_weights = True
+
+    if "_TestSelfLoadingDetector" not in MODELS:
+        MODELS.register("_TestSelfLoadingDetector", SelfLoading)
+    cfg = tmp_path / "self.yaml"
+    cfg.write_text(det_setup["cfg"].read_text().replace("_TestOracleDetector", "_TestSelfLoadingDetector"))
+    tool("test").main([str(cfg), "--out-dir", str(tmp_path / "b")])
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())["metrics"]
+    assert m["mAP"] == pytest.approx(1.0)      # classes came from the dataset
 
 
 def test_benchmark_on_detector(det_setup, capsys):

@@ -18,6 +18,10 @@ before it runs. The columns follow the family of the results (one table per fami
 A metric a model does not report (mAP of a classifier) is ``n/a``.
 
     python tools/compare.py configs/znet/znet_tiny_ballscrew.yaml configs/znet/unet_tiny_ballscrew.yaml
+
+Small models on small sets vary a lot from run to run; ``--seeds 0 1 2`` trains every config
+once per seed (work dirs ``<stem>_seed<N>``), prints the per-run table and then one with
+mean ± sample std per config.
 """
 import argparse
 import json
@@ -51,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--train", action="store_true", help="(re)train and test every config")
     p.add_argument("--work-root", default="work_dirs", help="parent of the work dirs (default work_dirs)")
     p.add_argument("--device", help="passed to tools/train.py and tools/test.py")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="train and test each config once per seed (work dirs <stem>_seed<SEED>) and "
+                        "report mean ± std over the seeds, after the per-run table")
     p.add_argument("--out", help="also write the Markdown table to this file")
     return p.parse_args(argv)
 
@@ -69,19 +76,26 @@ def loads_own_weights(config: str) -> bool:
     from defectkit.config import load_config
     from defectkit.registry import MODELS
 
-    return bool(getattr(MODELS.get(load_config(config)["model"]["type"]), "loads_own_weights", False))
+    model_type = load_config(config, validate=False).get("model", {}).get("type")
+    if model_type not in MODELS:               # tools/train.py will say what is wrong with it
+        return False
+    return bool(getattr(MODELS.get(model_type), "loads_own_weights", False))
 
 
-def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None = None) -> dict:
-    """metrics of ``config``: reused, tested, or trained then tested."""
-    work_dir = work_root / Path(config).stem
+def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None = None,
+                   seed: int | None = None) -> dict:
+    """metrics of ``config`` (with ``seed``: of its run ``<stem>_seed<seed>``): reused,
+    tested, or trained then tested."""
+    stem = Path(config).stem
+    work_dir = work_root / (stem if seed is None else f"{stem}_seed{seed}")
     metrics_path = work_dir / "test" / "metrics.json"
     ckpt = work_dir / "latest.pth"
     dev = ["--device", device] if device else []
-    own_weights = loads_own_weights(config)    # e.g. two-model: tested from its parts' checkpoints
     if train or not metrics_path.is_file():
+        own_weights = loads_own_weights(config)    # e.g. two-model: tested from its parts' checkpoints
         if not own_weights and (train or not ckpt.is_file()):
-            run([PY, ROOT / "tools/train.py", config, "--work-dir", work_dir, *dev])
+            seed_arg = [] if seed is None else ["--seed", str(seed)]
+            run([PY, ROOT / "tools/train.py", config, "--work-dir", work_dir, *seed_arg, *dev])
         run([PY, ROOT / "tools/test.py", config, *([] if own_weights else [ckpt]),
              "--out-dir", work_dir / "test", *dev])
     else:
@@ -93,7 +107,22 @@ def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None
     return metrics
 
 
+def aggregate(runs: list[dict]) -> dict:
+    """Per metric over the seeds' runs: ``{key: (mean, sample std, n)}`` for numeric values."""
+    out = {}
+    for key in runs[0]:
+        vals = [r.get(key) for r in runs]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in vals):
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            out[key] = (mean, std, len(vals))
+    return out
+
+
 def fmt(v, digits: int | None) -> str:
+    if isinstance(v, tuple):                   # (mean, std, n) over seeds
+        mean, std, n = v
+        return fmt(mean, digits) if n == 1 else f"{fmt(mean, digits)} ± {fmt(std, digits)}"
     if v is None or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if digits is None:
@@ -128,8 +157,19 @@ def main(argv=None):
     if missing:
         sys.exit(f"compare: config not found: {', '.join(missing)}")
     configs = [Path(c).resolve() if Path(c).is_file() else ROOT / c for c in args.configs]
-    rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device)) for c in configs]
-    out = tables(rows)
+    if not args.seeds:
+        rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device)) for c in configs]
+        out = tables(rows)
+    else:
+        runs, means = [], []
+        for c in configs:
+            # a model that loads its parts' weights (two-model) has no seed of its own
+            seeds = [None] if loads_own_weights(str(c)) else args.seeds
+            per_seed = [ensure_metrics(str(c), work_root, args.train, args.device, s) for s in seeds]
+            runs += [(c.stem if s is None else f"{c.stem} (seed {s})", m) for s, m in zip(seeds, per_seed)]
+            means.append((f"{c.stem} (n={len(seeds)})", aggregate(per_seed)))
+        out = (tables(runs) + f"\n\nMean ± sample std over seeds {' '.join(map(str, args.seeds))}:\n\n"
+               + tables(means))
     print("\n" + out)
     if args.out:
         Path(args.out).write_text(out + "\n")
