@@ -6,8 +6,9 @@ For each config, ``<work-root>/<config-stem>/test/metrics.json`` (what tools/tes
 writes) is reused when present. Otherwise the checkpoint ``<work-root>/<stem>/latest.pth``
 is tested with tools/test.py, and when it is missing too (or with --train) the config is
 first trained with tools/train.py. Models that load their own weights (the two-model
-baseline, from its classifier and detector checkpoints) are only tested. The tools run as subprocesses, each command printed
-before it runs. The columns follow the family of the results (one table per family):
+baseline, from its classifier and detector checkpoints) are only tested. The tools run
+as subprocesses, each command printed before it runs. The columns follow the family of
+the results (one table per family):
 
 - detection (and classifiers next to it): ``Model | mAP | F1 | ATT(ms) | ATT_N | ATT_D``
   (F1 = image-level macro F1; ATT = model-call ms per image, over all / GT-normal /
@@ -72,14 +73,12 @@ def run(cmd) -> None:
 
 
 def loads_own_weights(config: str) -> bool:
+    """The two-model baseline loads its parts' checkpoints: it is tested, never trained."""
     import defectkit  # noqa: F401  (registers the models)
     from defectkit.config import load_config
-    from defectkit.registry import MODELS
+    from defectkit.engine.builders import loads_own_weights as model_loads_own_weights
 
-    model_type = load_config(config, validate=False).get("model", {}).get("type")
-    if model_type not in MODELS:               # tools/train.py will say what is wrong with it
-        return False
-    return bool(getattr(MODELS.get(model_type), "loads_own_weights", False))
+    return model_loads_own_weights(load_config(config, validate=False).get("model") or {})
 
 
 def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None = None,

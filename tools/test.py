@@ -41,6 +41,7 @@ def main(argv=None):
 
     from defectkit.engine import (build_dataset, build_eval_loader, build_evaluator, default_work_dir,
                                   init_model, resolve_device, run_inference)
+    from defectkit.engine.builders import loads_own_weights
 
     data_cfg = cfg.get("data", {}).get(args.split)
     if not data_cfg:
@@ -50,13 +51,11 @@ def main(argv=None):
     out_dir = Path(args.out_dir or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "test")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    from defectkit.registry import MODELS
-
+    if args.checkpoint is None and not loads_own_weights(cfg["model"]):
+        sys.exit(f"tools/test.py: give the checkpoint to test after {args.config}")
     device = resolve_device(args.device or cfg.get("device"))
     dataset = build_dataset(data_cfg)
-    if args.checkpoint is None:
-        if not getattr(MODELS.get(cfg["model"]["type"]), "loads_own_weights", False):
-            sys.exit(f"tools/test.py: give the checkpoint to test after {args.config}")
+    if args.checkpoint is None:                 # the model's weights come from its own config
         cfg.setdefault("classes", list(dataset.classes))
     model, meta = init_model(cfg, args.checkpoint, device)
     classes = meta.get("classes") or dataset.classes

@@ -65,6 +65,13 @@ def check_pretrained(model_cfg: dict) -> None:
             f"or pass --cfg-options model.pretrained=null to start from random weights.")
 
 
+def loads_own_weights(model_cfg: dict) -> bool:
+    """Whether the model loads its trained weights itself (``TwoModelDetector`` from its
+    parts' checkpoints), so that tools need no checkpoint for it. Unknown types: False."""
+    model_type = model_cfg.get("type")
+    return model_type in MODELS and bool(getattr(MODELS.get(model_type), "loads_own_weights", False))
+
+
 def build_dataset(dataset_cfg: dict) -> Any:
     return DATASETS.build(dataset_cfg)
 
