@@ -290,7 +290,10 @@ def test_config_count():
             assert f"defectnet_{g}_cascade_r50_fpn_1x_{ds}.yaml" in names
         assert f"two_model_small_cascade_r50_fpn_1x_{ds}.yaml" in names
         assert f"defectnet_const_faster_r50_fpn_1x_{ds}.yaml" in names
-    assert "one_model_cascade_tiny_synth.yaml" in names
+    for ds in ("synth_fabric", "synth_bottle"):          # the synthetic presets
+        for g in ("one_model", "defectnet_const", "defectnet_linear", "defectnet_inverse", "defectnet_exponential"):
+            assert f"{g}_cascade_r50_fpn_1x_{ds}.yaml" in names
+    assert "one_model_cascade_tiny_synth.yaml" in names and "two_model_cascade_tiny_synth.yaml" in names
 
 
 def test_draw_detection_result():
