@@ -42,6 +42,11 @@ class CascadeRCNN(TwoStageDetector):
         stage_ious / stage_loss_weights: per stage.
         score_thr, nms_iou, max_per_img: test-time filtering.
         gate: DefectNet gate options (``GateConfig``), null for the plain detector.
+        normal_negatives: False (the original DefectNet and its one-model baseline): images
+            without a defect box give no detection loss. True: they go through FPN, RPN and
+            the RoI heads as all-background targets, so they add RPN objectness and RoI
+            classification negatives (mmdet ``filter_empty_gt=False``, torchvision's empty
+            targets); their box-regression losses stay 0. Same as ``gate.normal_negatives``.
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: str | None = None, frozen_stages: int = 1,
@@ -52,12 +57,13 @@ class CascadeRCNN(TwoStageDetector):
                  stage_ious: tuple[float, ...] = DEFAULT_STAGE_IOUS,
                  stage_loss_weights: tuple[float, ...] = DEFAULT_STAGE_LOSS_WEIGHTS,
                  score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
-                 gate: GateConfig | dict | None = None):
+                 gate: GateConfig | dict | None = None, normal_negatives: bool = False):
         super().__init__(backbone=backbone, pretrained=pretrained, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, classes=classes, num_classes=num_classes,
                          fpn_channels=fpn_channels, rpn_train_topn=rpn_train_topn,
                          rpn_test_topn=rpn_test_topn, rpn_nms_iou=rpn_nms_iou, anchor_sizes=anchor_sizes,
-                         score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img, gate=gate)
+                         score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img, gate=gate,
+                         normal_negatives=normal_negatives)
         if len(stage_ious) != len(stage_loss_weights):
             raise ValueError(f"CascadeRCNN: {len(stage_ious)} stage_ious but "
                              f"{len(stage_loss_weights)} stage_loss_weights")

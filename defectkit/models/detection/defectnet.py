@@ -52,7 +52,8 @@ class GateConfig:
     period: float = 1.0             # T
     by: str = "epoch"               # n = 0-based epoch ("epoch") or iteration ("iter")
     threshold: float = 0.5          # gate passes an image when P(defective) > threshold
-    normal_negatives: bool = False  # also feed normal images to RPN/RoI heads as negatives
+    normal_negatives: bool = False  # also feed normal images to RPN/RoI heads as negatives (the
+                                    # detector's own ``normal_negatives`` option; either turns it on)
     pool: str = "avg"               # avg (the original) | max: global max pooling of C5, so a
                                     # small defect is not averaged away (helps from scratch)
     detach: bool = False            # True: the gate loss does not reach the backbone (the gate

@@ -24,12 +24,13 @@ class FasterRCNN(TwoStageDetector):
                  rpn_nms_iou: float = 0.7, anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
                  fc_dim: int = 1024, rois_per_img: int = 512, roi_iou: float = 0.5,
                  score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
-                 gate: GateConfig | dict | None = None):
+                 gate: GateConfig | dict | None = None, normal_negatives: bool = False):
         super().__init__(backbone=backbone, pretrained=pretrained, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, classes=classes, num_classes=num_classes,
                          fpn_channels=fpn_channels, rpn_train_topn=rpn_train_topn,
                          rpn_test_topn=rpn_test_topn, rpn_nms_iou=rpn_nms_iou, anchor_sizes=anchor_sizes,
-                         score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img, gate=gate)
+                         score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img, gate=gate,
+                         normal_negatives=normal_negatives)
         self.roi_head = RoIStage(fpn_channels, self.num_classes, iou=float(roi_iou),
                                  weights=(10.0, 10.0, 5.0, 5.0), class_agnostic=False, fc_dim=fc_dim,
                                  batch_size_per_image=rois_per_img)

@@ -2,7 +2,8 @@
 
 ``TwoStageDetector`` holds what every two-stage model here has: backbone (C2..C5) ->
 FPN (P2..P6, ``LastLevelMaxPool``) -> RPN, the optional DefectNet gate on C5
-(``defectnet.py``), the train step that drops normal images from the detection branch,
+(``defectnet.py``), the train step that drops normal images from the detection branch
+(or, with ``normal_negatives: true``, keeps them as RPN / RoI negatives),
 batched gated inference and the rescaling of boxes to original pixels. Subclasses
 (``cascade_rcnn.py``, ``faster_rcnn.py``) add the RoI heads, built from ``RoIStage``.
 
@@ -176,7 +177,7 @@ class TwoStageDetector(nn.Module):
                  fpn_channels: int = 256, rpn_train_topn: int = 2000, rpn_test_topn: int = 1000,
                  rpn_nms_iou: float = 0.7, anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
                  score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
-                 gate: GateConfig | dict | None = None):
+                 gate: GateConfig | dict | None = None, normal_negatives: bool = False):
         super().__init__()
         if num_classes is None:
             if classes is None:
@@ -193,6 +194,11 @@ class TwoStageDetector(nn.Module):
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
         self.score_thr, self.nms_iou, self.max_per_img = float(score_thr), float(nms_iou), int(max_per_img)
         self.gate_cfg = GateConfig.parse(gate)
+        # normal images (no defect box) also train the RPN and RoI heads, as negatives only
+        # (mmdet filter_empty_gt=False, torchvision empty targets); ``gate.normal_negatives``
+        # is the older spelling of the same switch
+        self.normal_negatives = bool(normal_negatives) or bool(self.gate_cfg is not None
+                                                               and self.gate_cfg.normal_negatives)
 
         self.backbone = build_backbone(backbone, pretrained=pretrained, frozen_stages=frozen_stages,
                                        norm_eval=norm_eval, out_indices=(1, 2, 3, 4))
@@ -264,8 +270,8 @@ class TwoStageDetector(nn.Module):
         gt_boxes = [torch.as_tensor(b, dtype=torch.float32, device=images.device).reshape(-1, 4) for b in batch["boxes"]]
         gt_labels = [torch.as_tensor(l, dtype=torch.long, device=images.device).reshape(-1) for l in batch["labels"]]
         has_boxes = torch.tensor([b.shape[0] > 0 for b in gt_boxes], device=images.device)
-        use_normals = self.gate_cfg is not None and self.gate_cfg.normal_negatives
-        det_idx = torch.arange(len(gt_boxes), device=images.device) if use_normals else torch.where(has_boxes)[0]
+        det_idx = (torch.arange(len(gt_boxes), device=images.device) if self.normal_negatives
+                   else torch.where(has_boxes)[0])
         losses: dict[str, torch.Tensor] = {}
 
         if self.gate is not None:
@@ -280,7 +286,7 @@ class TwoStageDetector(nn.Module):
                 losses.update(self._zero_losses(losses["loss_gate"]))
                 return losses
             pyramid = self._pyramid(feats, det_idx if det_idx.numel() < images.shape[0] else None)
-        else:                                       # one-model: normal images are dropped up front
+        else:               # one-model: normal images are dropped up front unless normal_negatives
             if det_idx.numel() == 0:
                 ref = sum((p.sum() * 0.0 for p in self.backbone.parameters() if p.requires_grad), images.new_zeros(()))
                 return {k: (v + ref if k.startswith("loss") else v) for k, v in self._zero_losses(images).items()}

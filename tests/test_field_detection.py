@@ -1,0 +1,107 @@
+"""Field inputs for the plain detectors (issue 10): normal images as RPN / RoI negatives."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import defectkit  # noqa: F401  (registers everything)
+from defectkit.config import load_config
+from defectkit.engine.builders import build_model
+from defectkit.models.detection import CascadeRCNN, FasterRCNN
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(backbone="small_cnn", num_classes=2, frozen_stages=-1, norm_eval=False, fpn_channels=32,
+            fc_dim=64, rois_per_img=64, anchor_sizes=(8, 16, 32, 64, 128), rpn_train_topn=200,
+            rpn_test_topn=100)
+
+
+def batch(n=3, normal=(0, 1, 2), size=64):
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randn(n, 3, size, size, generator=g) * 0.1
+    boxes, labels = [], []
+    for i in range(n):
+        if i in normal:
+            boxes.append(torch.zeros(0, 4))
+            labels.append(torch.zeros(0, dtype=torch.long))
+        else:
+            imgs[i, :, 10:34, 10:34] += 2.0
+            boxes.append(torch.tensor([[10.0, 10.0, 34.0, 34.0]]))
+            labels.append(torch.tensor([1]))
+    return {"image": imgs, "image_sizes": [(size, size)] * n, "boxes": boxes, "labels": labels,
+            "is_defective": torch.tensor([0 if i in normal else 1 for i in range(n)])}
+
+
+def roi_cls_key(model):
+    return "loss_cls_s0" if isinstance(model, CascadeRCNN) else "loss_cls"
+
+
+@pytest.mark.parametrize("cls", [CascadeRCNN, FasterRCNN])
+def test_normal_negatives_give_rpn_and_roi_losses_on_normal_images(cls):
+    torch.manual_seed(0)
+    model = cls(**TINY, normal_negatives=True).train()
+    losses = model(batch())
+    assert losses["loss_rpn_cls"].item() > 0.1          # objectness of random init on all-bg anchors ~0.69
+    assert losses[roi_cls_key(model)].item() > 0.1       # RoI classification against background
+    assert losses["loss_rpn_bbox"].item() == 0.0         # nothing to regress on a normal image
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    assert model.rpn.head.cls_logits.weight.grad.abs().sum() > 0
+    head = model.stages[0] if isinstance(model, CascadeRCNN) else model.roi_head
+    assert head.cls_score.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+
+
+@pytest.mark.parametrize("cls", [CascadeRCNN, FasterRCNN])
+def test_without_normal_negatives_normal_images_give_zero_detection_losses(cls):
+    torch.manual_seed(0)
+    model = cls(**TINY).train()
+    assert model.normal_negatives is False                # the default, as the original DefectNet
+    losses = model(batch())
+    assert all(v.item() == 0.0 for k, v in losses.items() if k.startswith("loss"))
+
+
+def test_normal_negatives_learn_to_suppress_objectness_on_normal_images():
+    """A few steps on normal images only: the RPN's objectness on them falls (they are negatives)."""
+    torch.manual_seed(0)
+    model = FasterRCNN(**TINY, normal_negatives=True).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    first = last = None
+    for _ in range(8):
+        losses = model(batch())
+        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = losses["loss_rpn_cls"].item() if first is None else first
+        last = losses["loss_rpn_cls"].item()
+    assert last < 0.5 * first
+
+
+def test_normal_negatives_mixed_batch_keeps_every_image_in_the_detection_branch():
+    seen = []
+    model = CascadeRCNN(**TINY, normal_negatives=True).train()
+    model.fpn.register_forward_hook(lambda m, a, o: seen.append(next(iter(a[0].values())).shape[0]))
+    model(batch(n=4, normal=(1, 3)))
+    assert seen == [4]
+    seen.clear()
+    off = CascadeRCNN(**TINY).train()
+    off.fpn.register_forward_hook(lambda m, a, o: seen.append(next(iter(a[0].values())).shape[0]))
+    off(batch(n=4, normal=(1, 3)))
+    assert seen == [2]
+
+
+def test_gate_normal_negatives_is_the_same_switch():
+    assert CascadeRCNN(**TINY, gate={"normal_negatives": True}).normal_negatives is True
+    assert CascadeRCNN(**TINY, gate={"schedule": "inverse"}).normal_negatives is False
+
+
+def test_normal_negatives_is_a_config_key_of_the_plain_detector_and_off_in_faithful_configs():
+    cfg = load_config(ROOT / "configs/defectnet/one_model_cascade_tiny_synth.yaml",
+                      ["model.normal_negatives=true", "model.pretrained=null"])
+    assert build_model(cfg["model"], ["a", "b"]).normal_negatives is True
+    for name in ("one_model_cascade_r50_fpn_1x_fabric.yaml", "defectnet_const_cascade_r50_fpn_1x_fabric.yaml",
+                 "defectnet_inverse_cascade_r50_fpn_1x_bottle.yaml", "one_model_faster_r50_fpn_1x_bottle.yaml"):
+        model_cfg = load_config(ROOT / "configs/defectnet" / name)["model"]
+        assert not model_cfg.get("normal_negatives", False), name
+        assert not (model_cfg.get("gate") or {}).get("normal_negatives", False), name
