@@ -15,11 +15,13 @@ key of a plain section must be known. Errors carry the dotted path and a suggest
 """
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
 import difflib
 import inspect
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,7 @@ def _list_index(node: list, p: str, key: str) -> int:
 
 # ------------------------------------------------------------------------ validation
 Spec = Any  # None (anything) | Registry | dict[str, Spec] | dataclass type | ("list", Spec)
+#            | a type annotation (int, str | None, ...)
 
 ROOT_SCHEMA: dict[str, Spec] = {}   # filled by defectkit.engine.settings (and families)
 
@@ -243,19 +246,146 @@ def _dataclass_in(annotation) -> type | None:
     return None
 
 
+# ------------------------------------------------------------------- value types
+_SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable,
+              collections.abc.Collection, collections.abc.MutableSequence)
+_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+_UNION = (typing.Union, types.UnionType)
+
+
+def _accepts(t: Any, v: Any) -> bool:
+    """Whether a config value ``v`` (YAML: None/bool/int/float/str/list/dict) fits the
+    annotation ``t``. int fits float, bool fits only bool, a list fits a tuple; what
+    this cannot judge (Callable, TypeVar, a class a YAML value can never be) passes."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if t is Any or t is object or t is inspect.Parameter.empty:
+        return True
+    if t is None or t is type(None):
+        return v is None
+    if origin in _UNION:
+        return any(_accepts(a, v) for a in args)
+    if origin is typing.Literal:
+        return any(v == a and type(v) is type(a) for a in args)
+    if t is bool:
+        return isinstance(v, bool)
+    if t is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if t is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if t is str:
+        return isinstance(v, str)
+    if isinstance(t, type) and issubclass(t, os.PathLike):
+        return isinstance(v, (str, t))
+    if t in _SEQUENCES or origin in _SEQUENCES:
+        if not isinstance(v, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(v) == len(args) and all(_accepts(a, x) for a, x in zip(args, v))
+        return not args or all(_accepts(args[0], x) for x in v)
+    if t in _MAPPINGS or origin in _MAPPINGS:
+        if not isinstance(v, dict):
+            return False
+        return len(args) != 2 or all(_accepts(args[0], k) and _accepts(args[1], x)
+                                     for k, x in v.items())
+    if _is_dataclass_type(t):
+        return isinstance(v, (dict, t))
+    if isinstance(t, type):   # a class built by its parent from a dict (or given ready)
+        return isinstance(v, (dict, t))
+    return True
+
+
+def _type_name(t: Any) -> str:
+    """How a config user reads ``t``: only the types a config value can have."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if t is None or t is type(None):
+        return "None"
+    if origin in _UNION:
+        names = [_type_name(a) for a in args if not _unwritable(a)]
+        return " | ".join(dict.fromkeys(names)) or "?"
+    if origin is typing.Literal:
+        return f"one of {list(args)}"
+    if t in _SEQUENCES or origin in _SEQUENCES:
+        return f"list[{_type_name(args[0])}]" if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) \
+            else (f"list of {len(args)} [{', '.join(_type_name(a) for a in args)}]" if args else "list")
+    if t in _MAPPINGS or origin in _MAPPINGS or _is_dataclass_type(t):
+        return "dict"
+    return getattr(t, "__name__", str(t))
+
+
+def _unwritable(t: Any) -> bool:
+    """A class no YAML value can be (e.g. torch.Tensor in ``float | Tensor``)."""
+    return (isinstance(t, type) and t not in (bool, int, float, str, list, tuple, dict, type(None))
+            and not _is_dataclass_type(t) and not issubclass(t, os.PathLike)
+            and t not in _SEQUENCES and t not in _MAPPINGS)
+
+
+def _shown(v: Any) -> str:
+    r = repr(v)
+    return f"{type(v).__name__} {r if len(r) <= 60 else r[:57] + '...'}"
+
+
+def check_value(value: Any, annotation: Any, path: str) -> None:
+    """Raise ConfigError ``path: expected float, got str 'fast'`` unless ``value`` fits
+    ``annotation`` (None: no annotation, nothing checked)."""
+    if annotation is None or _accepts(annotation, value):
+        return
+    if typing.get_origin(annotation) is typing.Literal:
+        raise ConfigError(f"{path}: {value!r} is not {_type_name(annotation)}")
+    raise ConfigError(f"{path}: expected {_type_name(annotation)}, got {_shown(value)}")
+
+
+def _hints(target: Any) -> dict:
+    """Resolved annotations of ``target``; one that cannot be resolved is left out."""
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - resolve one by one, skipping unresolvable forward refs
+        pass
+    out = {}
+    ns = getattr(inspect.unwrap(target), "__globals__", {})
+    for name, ann in getattr(target, "__annotations__", {}).items():
+        try:
+            out[name] = eval(ann, ns) if isinstance(ann, str) else ann  # noqa: S307 - module annotations
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def _path_msg(path: str, msg: str) -> str:
+    """``path: msg``, merging a message that already names (the tail of) the key:
+    ``model.gate`` + ``gate.schedule: ...`` -> ``model.gate.schedule: ...``."""
+    head, sep, rest = msg.partition(": ")
+    last = path.rsplit(".", 1)[-1]
+    if sep and " " not in head:
+        if head == path or head.startswith(path + "."):
+            return msg
+        if head == last or head.startswith(last + "."):
+            return f"{path}{head[len(last):]}: {rest}"
+    return f"{path}: {msg}"
+
+
+def _error_text(e: Exception) -> str:
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
 def _validate_dataclass(value: dict, cls: type, path: str) -> None:
     if not isinstance(value, dict):
         return
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for k, v in value.items():
         if k not in fields:
             raise _unknown(path, k, fields)
         sub = fields[k].metadata.get("spec")
         if sub is not None:
             _validate(v, sub, f"{path}.{k}")
-        elif isinstance(v, dict) and _dataclass_in(hints.get(k)):
+            continue
+        check_value(v, hints.get(k), f"{path}.{k}")
+        if isinstance(v, dict) and _dataclass_in(hints.get(k)):
             _validate_dataclass(v, _dataclass_in(hints.get(k)), f"{path}.{k}")
+    try:   # the dataclass's own value checks (__post_init__); options are cheap to build
+        cls(**value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(_path_msg(path, _error_text(e))) from None
 
 
 def _validate_built(value: Any, registry: Registry, path: str) -> None:
@@ -275,10 +405,7 @@ def _validate_built(value: Any, registry: Registry, path: str) -> None:
     sig = inspect.signature(target)
     params = {n: p for n, p in sig.parameters.items() if n != "self"}
     open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # noqa: BLE001 - forward refs we cannot resolve are not validated
-        hints = {}
+    hints = {**registry.hints, **_hints(target)}
     children: dict = getattr(obj, "config_children", {})
     for k, v in value.items():
         if k == "type":
@@ -290,10 +417,18 @@ def _validate_built(value: Any, registry: Registry, path: str) -> None:
             raise _unknown(path, k, params)
         if k in children:
             _validate(v, children[k], sub_path)
-        elif isinstance(v, dict) and "type" in v:
+            continue
+        check_value(v, hints.get(k), sub_path)
+        if isinstance(v, dict) and "type" in v:
             _validate_built(v, registry, sub_path)
         elif isinstance(v, dict) and _dataclass_in(hints.get(k)):
             _validate_dataclass(v, _dataclass_in(hints.get(k)), sub_path)
+    if registry.check_build:
+        extra = registry.check_build() if callable(registry.check_build) else {}
+        try:
+            registry.build(value, **extra)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ConfigError(f"{path} ({value['type']}): {_error_text(e)}") from None
 
 
 def _validate(value: Any, spec: Spec, path: str) -> None:
@@ -303,7 +438,7 @@ def _validate(value: Any, spec: Spec, path: str) -> None:
         _validate_built(value, spec, path)
     elif isinstance(spec, tuple) and spec[0] == "list":
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+            raise ConfigError(f"{path}: expected a list, got {_shown(value)}")
         for i, item in enumerate(value):
             _validate(item, spec[1], f"{path}.{i}")
     elif _is_dataclass_type(spec):
@@ -317,6 +452,8 @@ def _validate(value: Any, spec: Spec, path: str) -> None:
             if k not in spec:
                 raise _unknown(path, k, spec)
             _validate(v, spec[k], f"{path}.{k}" if path else k)
+    else:   # a type annotation, e.g. register_section("seed", int)
+        check_value(value, spec, path)
 
 
 def validate_config(cfg: dict) -> None:

@@ -7,6 +7,12 @@
 
 Every defectkit module registers itself when ``import defectkit`` runs, so an
 unknown ``type`` always means a typo or a missing ``custom_imports`` entry.
+
+Two optional hooks serve load-time validation (``defectkit.config.validate_config``):
+``check_build`` (the entries are cheap to construct, so each config is built once at
+load to surface value errors early; a callable gives the run-time keyword arguments
+to add, e.g. a dummy parameter list for optimizers) and ``hints`` (value types of
+keys whose constructors carry no annotations).
 """
 from __future__ import annotations
 
@@ -15,9 +21,12 @@ from typing import Any, Callable
 
 
 class Registry:
-    def __init__(self, name: str):
+    def __init__(self, name: str, check_build: bool | Callable[[], dict] = False,
+                 hints: dict[str, Any] | None = None):
         self.name = name
         self._entries: dict[str, Callable] = {}
+        self.check_build = check_build
+        self.hints: dict[str, Any] = dict(hints or {})
 
     def register(self, name: str | None = None, obj: Callable | None = None):
         """Decorator (``@R.register()`` / ``@R.register('Alias')``) or direct call."""
@@ -67,9 +76,19 @@ class Registry:
         return f"Registry({self.name!r}, {self.keys()})"
 
 
+def _probe_params() -> dict:
+    """One dummy parameter, so an optimizer config can be built (and checked) at load."""
+    import torch
+
+    return {"params": [torch.zeros(1, requires_grad=True)]}
+
+
 MODELS = Registry("model")            # full models and their parts (backbones, heads)
 DATASETS = Registry("dataset")
-TRANSFORMS = Registry("transform")
+TRANSFORMS = Registry("transform", check_build=True)
 EVALUATORS = Registry("evaluator")
-OPTIMIZERS = Registry("optimizer")
-LR_SCHEDULES = Registry("lr_schedule")
+OPTIMIZERS = Registry("optimizer", check_build=_probe_params,   # torch may lack annotations
+                      hints={"lr": float, "momentum": float, "dampening": float, "eps": float,
+                             "weight_decay": float, "betas": tuple[float, float],
+                             "nesterov": bool, "amsgrad": bool})
+LR_SCHEDULES = Registry("lr_schedule", check_build=True)

@@ -24,6 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ..registry import DATASETS, TRANSFORMS
+from .collate import skipped_sample
 from .formats.common import DataFormatError, Record
 from .formats.coco import read_coco
 from .formats.image_folder import read_image_folder
@@ -89,6 +90,9 @@ class BaseDataset(Dataset):
     config_children = {"pipeline": ("list", TRANSFORMS)}
     with_boxes: bool = False   # the samples carry boxes/labels
     with_mask: bool = False    # the samples carry a mask
+    # the source's own id of each class (COCO category ids: classes[k] is id category_ids[k]),
+    # what exported predictions use; None: the source names classes only (ids 1..K in exports)
+    category_ids: list | None = None
 
     def __init__(self, pipeline: list[dict] | None = None, skip_invalid: bool = False,
                  seed: int = 0, max_images: int | None = None):
@@ -120,6 +124,15 @@ class BaseDataset(Dataset):
         return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` after the pipeline; an unreadable one is replaced (training)."""
+        return self.get_sample(index, replace_invalid=True)
+
+    def get_sample(self, index: int, replace_invalid: bool = True) -> dict[str, Any]:
+        """Sample ``index`` after the pipeline. An unreadable sample raises DataFormatError;
+        with ``skip_invalid`` it is replaced by the next readable one when
+        ``replace_invalid`` (training: the batch keeps its size), else a
+        ``skipped_sample`` marker ``{"skipped": {index, path, error}}`` comes back
+        (evaluation: ``data.collate.EvalSamples``; the marker is dropped and recorded)."""
         n = len(self.records)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
@@ -132,6 +145,8 @@ class BaseDataset(Dataset):
                 if not self.skip_invalid:
                     raise
                 path = self.records[j].img_path
+                if not replace_invalid:
+                    return skipped_sample(j, path, str(e))
                 if path not in self._warned:
                     self._warned.add(path)
                     logger.warning("skipped an unreadable sample (skip_invalid=True): %s", e)
@@ -203,8 +218,10 @@ class CocoDataset(BaseDataset):
                          max_images=max_images)
 
     def load(self):
-        return read_coco(self.ann_file, self.img_dir, normal_category=self.normal_category,
-                         filter_empty=self.filter_empty, skip_invalid=self.skip_invalid)
+        records, classes, self.category_ids = read_coco(
+            self.ann_file, self.img_dir, normal_category=self.normal_category,
+            filter_empty=self.filter_empty, skip_invalid=self.skip_invalid, return_category_ids=True)
+        return records, classes
 
 
 @DATASETS.register()

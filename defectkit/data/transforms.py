@@ -13,6 +13,11 @@ Images are float in [0, 1] until ``Normalize``; use ImageNet mean/std on that
 range (mmdet's 0-255 values divided by 255 are the same normalisation).
 Random transforms draw from torch's global RNG, which the dataset seeds per
 sample from ``(seed, epoch, index)``.
+
+Constructors check their values (sizes > 0, probabilities in [0, 1], known names)
+and raise ``ValueError`` with ``key: problem``; ``validate_config`` builds every
+pipeline step at load, so such an error names the split and the step before any
+work starts (``data.train.pipeline.2 (RandomFlip): direction: ...``).
 """
 from __future__ import annotations
 
@@ -29,11 +34,35 @@ from ..registry import TRANSFORMS
 
 
 def _wh(size: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(size, (int, float)):
-        return int(size), int(size)
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ValueError(f"{name}: expected an int or (w, h), got {size!r}")
+    """``(w, h)`` from an int (a square) or a pair; both must be positive."""
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        wh = int(size), int(size)
+    elif isinstance(size, (list, tuple)) and len(size) == 2:
+        wh = int(size[0]), int(size[1])
+    else:
+        raise ValueError(f"{name}: expected an int or (w, h), got {size!r}")
+    if min(wh) <= 0:
+        raise ValueError(f"{name}: sizes must be > 0, got {size!r}")
+    return wh
+
+
+def _prob(p: float, name: str = "prob") -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name}: must be a number in [0, 1], got {p!r}")
+    return float(p)
+
+
+def _one_of(value: Any, options: Sequence[str], name: str) -> Any:
+    if value not in options:
+        raise ValueError(f"{name}: {value!r} is not one of {list(options)}")
+    return value
+
+
+def _range(pair: Sequence[float], name: str, low: float = 0.0) -> tuple[float, float]:
+    """A ``(min, max)`` pair with ``low <= min <= max``."""
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not low <= pair[0] <= pair[1]:
+        raise ValueError(f"{name}: expected (min, max) with {low} <= min <= max, got {pair!r}")
+    return float(pair[0]), float(pair[1])
 
 
 def _hw_list(size) -> list[int]:
@@ -96,7 +125,7 @@ class Resize(v2.Transform):
     def __init__(self, scale: int | Sequence[int] = (1333, 800), keep_ratio: bool = True,
                  interpolation: str = "bilinear", antialias: bool = True):
         super().__init__()
-        self.scale = _wh(scale, "Resize.scale")
+        self.scale = _wh(scale, "scale")
         self.keep_ratio = bool(keep_ratio)
         self.interpolation = _interp(interpolation)
         self.antialias = bool(antialias)
@@ -139,9 +168,11 @@ class Pad(v2.Transform):
                  fill: float = 0, mask_fill: int = 0):
         super().__init__()
         if (size_divisor is None) == (size is None):
-            raise ValueError("Pad: give exactly one of size_divisor and size")
+            raise ValueError("give exactly one of size_divisor and size")
+        if size_divisor is not None and not size_divisor >= 1:
+            raise ValueError(f"size_divisor: must be >= 1, got {size_divisor!r}")
         self.size_divisor = int(size_divisor) if size_divisor is not None else None
-        self.size = _wh(size, "Pad.size") if size is not None else None
+        self.size = _wh(size, "size") if size is not None else None
         self.fill = fill
         self.mask_fill = mask_fill
 
@@ -176,13 +207,8 @@ class RandomFlip(_Wrapped):
     """Flip with probability ``prob``; ``direction`` 'horizontal' or 'vertical'."""
 
     def __init__(self, prob: float = 0.5, direction: str = "horizontal"):
-        if direction == "horizontal":
-            t = v2.RandomHorizontalFlip(p=prob)
-        elif direction == "vertical":
-            t = v2.RandomVerticalFlip(p=prob)
-        else:
-            raise ValueError(f"RandomFlip.direction: 'horizontal' or 'vertical', got {direction!r}")
-        super().__init__(t)
+        flips = {"horizontal": v2.RandomHorizontalFlip, "vertical": v2.RandomVerticalFlip}
+        super().__init__(flips[_one_of(direction, list(flips), "direction")](p=_prob(prob)))
 
 
 @TRANSFORMS.register()
@@ -209,7 +235,8 @@ class RandomResizedCrop(_Wrapped):
 
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), antialias: bool = True):
-        super().__init__(v2.RandomResizedCrop(_hw_list(size), scale=tuple(scale), ratio=tuple(ratio),
+        super().__init__(v2.RandomResizedCrop(_hw_list(size), scale=_range(scale, "scale"),
+                                              ratio=_range(ratio, "ratio", low=1e-6),
                                               antialias=antialias))
 
 
@@ -258,6 +285,10 @@ class Normalize(_Wrapped):
 
     def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406),
                  std: Sequence[float] = (0.229, 0.224, 0.225)):
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std: one value per channel each, got {len(mean)} and {len(std)}")
+        if not all(s > 0 for s in std):
+            raise ValueError(f"std: every value must be > 0, got {list(std)}")
         super().__init__(v2.Normalize(mean=list(mean), std=list(std)))
 
 
@@ -276,7 +307,7 @@ class ToGray(_Wrapped):
     """Grayscale with ``prob`` (kept 3-channel so models need no change)."""
 
     def __init__(self, prob: float = 1.0):
-        super().__init__(v2.RandomGrayscale(p=prob))
+        super().__init__(v2.RandomGrayscale(p=_prob(prob)))
 
 
 @TRANSFORMS.register()
@@ -284,7 +315,9 @@ class GaussianBlur(_Wrapped):
     """torchvision GaussianBlur (sigma drawn from the ``sigma`` range)."""
 
     def __init__(self, kernel_size: int = 5, sigma: Sequence[float] = (0.1, 2.0)):
-        super().__init__(v2.GaussianBlur(kernel_size=kernel_size, sigma=tuple(sigma)))
+        if not kernel_size > 0 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: must be a positive odd int, got {kernel_size!r}")
+        super().__init__(v2.GaussianBlur(kernel_size=kernel_size, sigma=_range(sigma, "sigma", low=1e-6)))
 
 
 # --------------------------------------------------------------------------- compose

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.collate import collate, to_device
+from ..data.collate import EvalSamples, collate, is_empty_batch, to_device
 from ..registry import DATASETS, EVALUATORS, MODELS, Registry
 from .distributed import get_rank, get_world_size
 from .sampler import InferenceSampler, TrainSampler
@@ -105,12 +105,14 @@ def build_train_loader(dataset: Any, batch_size: int, sampler: TrainSampler, epo
 
 def build_eval_loader(dataset: Any, batch_size: int = 1, num_workers: int = 0,
                       pin_memory: bool = False, distributed: bool = True) -> DataLoader:
-    """Ordered loader over this rank's contiguous, unpadded shard (whole set when alone)."""
+    """Ordered loader over this rank's contiguous, unpadded shard (whole set when alone).
+    It reads through ``EvalSamples``: with ``skip_invalid`` an unreadable sample is dropped
+    and listed in ``batch["skipped"]``, never replaced (see ``data/collate.py``)."""
     rank, world = (get_rank(), get_world_size()) if distributed else (0, 1)
     sampler = InferenceSampler(len(dataset), rank, world)
     g = torch.Generator()
     g.manual_seed(0)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    return DataLoader(EvalSamples(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, pin_memory=pin_memory,
                       worker_init_fn=worker_init_fn if num_workers > 0 else None, generator=g)
 
@@ -127,6 +129,8 @@ class DeviceLoader:
 
     def __iter__(self):
         for batch in self.loader:
+            if is_empty_batch(batch):        # every sample of it was unreadable (skip_invalid)
+                continue
             yield to_device(batch, self.device, non_blocking=self.device.type == "cuda")
 
     def __len__(self) -> int:

@@ -89,7 +89,7 @@ class ConstantLR(LRSchedule):
 class StepLR(LRSchedule):
     """Multiply by ``gamma`` at each milestone (epochs with ``by_epoch``, else iterations)."""
 
-    def __init__(self, milestones: list[int], gamma: float = 0.1, warmup_iters: int = 0,
+    def __init__(self, milestones: int | list[int], gamma: float = 0.1, warmup_iters: int = 0,
                  warmup_ratio: float = 0.001, by_epoch: bool = True):
         super().__init__(warmup_iters, warmup_ratio, by_epoch)
         if isinstance(milestones, int):

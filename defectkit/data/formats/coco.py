@@ -23,7 +23,10 @@ _NORMAL_NAMES = {"背景", "background", "normal", "bg", "good", "ok"}
 
 def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
               normal_category: int | None = None, filter_empty: bool = False,
-              skip_invalid: bool = False, check_images: bool = True) -> tuple[list[Record], list[str]]:
+              skip_invalid: bool = False, check_images: bool = True,
+              return_category_ids: bool = False) -> tuple[list[Record], list[str]]:
+    """``(records, classes)``; with ``return_category_ids`` also the file's own category id of
+    each class (``classes[k]`` is category ``ids[k]``), what exports map labels back to."""
     ann_path = require_path(ann_file, "ann_file")
     img_root = require_path(img_dir, "img_dir", kind="dir")
     try:
@@ -158,7 +161,7 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
     problems.report("images/annotations")
     check_nonempty(records, str(ann_path),
                    "defective images (filter_empty=True)" if filter_empty else "images")
-    return records, classes
+    return (records, classes, list(defect_ids)) if return_category_ids else (records, classes)
 
 
 def coco_category_names(ann_file: str | os.PathLike) -> dict[int, str]:
