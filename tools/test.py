@@ -42,6 +42,7 @@ def main(argv=None):
     from defectkit.engine import (build_dataset, build_eval_loader, build_evaluator, default_work_dir,
                                   init_model, resolve_device, run_inference)
     from defectkit.engine.builders import loads_own_weights
+    from defectkit.engine.inference import skipped_line
 
     data_cfg = cfg.get("data", {}).get(args.split)
     if not data_cfg:
@@ -65,11 +66,14 @@ def main(argv=None):
 
     print(f"evaluating {args.checkpoint} on data.{args.split}: {len(dataset)} images, device {device}")
     t0 = time.perf_counter()
-    out = run_inference(model, loader, evaluator, device)
+    out = run_inference(model, loader, evaluator, device, desc=f"test data.{args.split}")
     wall = time.perf_counter() - t0
     metrics = dict(out.metrics or {})
     metrics.update(out.timing)
+    metrics["num_skipped"] = len(out.skipped)
     print(evaluator.summary(metrics))
+    if out.skipped:
+        print(skipped_line(out.skipped, limit=len(out.skipped)))
     t = out.timing
     print(f"ATT (model call per image, batch {args.batch_size}): {t['att_ms']:.2f} ms | "
           f"GT-normal {t['att_normal_ms']:.2f} ms | GT-defective {t['att_defective_ms']:.2f} ms"
@@ -80,7 +84,8 @@ def main(argv=None):
 
     record = {"config": str(args.config), "checkpoint": str(args.checkpoint), "split": args.split,
               "device": str(device), "torch": torch.__version__, "batch_size": args.batch_size,
-              "params": sum(p.numel() for p in model.parameters()), "metrics": metrics}
+              "params": sum(p.numel() for p in model.parameters()), "metrics": metrics,
+              "skipped": [{"path": s["path"], "error": s["error"]} for s in out.skipped]}
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=float))
     write_predictions = getattr(evaluator, "write_predictions", None)
     if callable(write_predictions):

@@ -9,9 +9,16 @@ before ``evaluator.compute()``.
 Use it with a loader over an :class:`~defectkit.engine.sampler.InferenceSampler`: its
 contiguous, unpadded shards put each sample on exactly one rank, so the gathered
 records count every sample once and come back in dataset order.
+
+Unreadable samples (``skip_invalid: true``, read through ``build_eval_loader``) arrive as
+``batch["skipped"]``: they are never predicted nor evaluated, and are listed in
+``InferenceOutput.skipped`` (gathered, in dataset order) and in one warning, so every
+metric's support is the readable images. Rank 0 shows a progress bar with ETA
+(``defectkit.progress.track``: tqdm on a terminal, plain lines otherwise).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import nullcontext
@@ -20,7 +27,8 @@ from typing import Any, Iterable
 
 import torch
 
-from ..data.collate import to_device
+from ..data.collate import SKIPPED, is_empty_batch, to_device
+from ..progress import track
 from .distributed import all_gather_object, broadcast_object, get_world_size, is_main_process, unwrap_model
 
 
@@ -34,6 +42,7 @@ class InferenceOutput:
     metas: list = field(default_factory=list)    # per-image ``meta`` dicts (when the batch has them)
     times: list = field(default_factory=list)    # per-image (seconds, is_defective or None)
     timing: dict = field(default_factory=dict)   # att_ms, att_normal_ms, att_defective_ms, num_images
+    skipped: list = field(default_factory=list)  # unreadable samples: {"index", "path", "error"}
 
 
 def _sync(device: torch.device) -> None:
@@ -71,12 +80,14 @@ def reset_evaluator(evaluator: Any) -> None:
 @torch.no_grad()
 def run_inference(model: torch.nn.Module, loader: Iterable, evaluator: Any = None,
                   device: torch.device | str | None = None, time_model: bool = True,
-                  keep_results: bool = True, amp: bool = False) -> InferenceOutput:
+                  keep_results: bool = True, amp: bool = False, desc: str = "eval") -> InferenceOutput:
     """Predict every batch of ``loader``; evaluate and gather across ranks.
 
     ``model``: DDP-wrapped or not (``predict`` goes to the inner module); put in eval mode
     here (its previous mode is restored at the end). ``device`` defaults to the model's.
     ``keep_results=False`` drops per-image results (saves memory for large outputs).
+    ``desc`` labels the progress bar (rank 0 only). Samples listed in a batch's
+    ``skipped`` entry are collected in ``out.skipped`` (every rank gets the full list).
     """
     model = unwrap_model(model)
     if device is None:
@@ -91,7 +102,13 @@ def run_inference(model: torch.nn.Module, loader: Iterable, evaluator: Any = Non
     out = InferenceOutput()
     autocast = (torch.autocast(device_type="cuda") if amp and device.type == "cuda" else nullcontext())
     try:
-        for batch in loader:
+        batches = track(loader, desc=desc, unit="batch") if is_main_process() else loader
+        for batch in batches:
+            if isinstance(batch, dict) and SKIPPED in batch:
+                out.skipped.extend(batch[SKIPPED])
+                if is_empty_batch(batch):
+                    continue
+                batch = {k: v for k, v in batch.items() if k != SKIPPED}
             dev_batch = to_device(batch, device, non_blocking=device.type == "cuda")
             if time_model:
                 _sync(device)
@@ -119,15 +136,28 @@ def run_inference(model: torch.nn.Module, loader: Iterable, evaluator: Any = Non
 
     if get_world_size() > 1:
         parts = all_gather_object({"records": list(evaluator.records) if evaluator is not None else [],
-                                   "results": out.results, "metas": out.metas, "times": out.times})
+                                   "results": out.results, "metas": out.metas, "times": out.times,
+                                   "skipped": out.skipped})
+        out.skipped = [s for p in parts for s in p["skipped"]]
         if is_main_process():
             if evaluator is not None:
                 evaluator.records = [r for p in parts for r in p["records"]]
             out.results = [r for p in parts for r in p["results"]]
             out.metas = [m for p in parts for m in p["metas"]]
             out.times = [t for p in parts for t in p["times"]]
+    out.skipped.sort(key=lambda s: s.get("index", 0))
+    if out.skipped and is_main_process():
+        logging.getLogger("defectkit").warning(skipped_line(out.skipped))
     if evaluator is not None:
         out.metrics = evaluator.compute() if is_main_process() else None
         out.metrics = broadcast_object(out.metrics)
     out.timing = broadcast_object(summarize_times(out.times) if is_main_process() else None)
     return out
+
+
+def skipped_line(skipped: list[dict], limit: int = 5) -> str:
+    """One line naming the unreadable samples left out of an evaluation."""
+    names = "; ".join(f"{s.get('path')} ({s.get('error')})" for s in skipped[:limit])
+    more = f"; ... and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return (f"skipped {len(skipped)} unreadable sample(s) (skip_invalid=True), not evaluated: "
+            f"{names}{more}")

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..registry import EVALUATORS
-from .base import BaseEvaluator, batch_meta, format_table
+from .base import BaseEvaluator, batch_meta, format_table, metric_notes, missing_class_note
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -220,31 +220,42 @@ class AnomalyEvaluator(BaseEvaluator):
         scores = np.array([r["score"] for r in recs])
         labels = np.array([r["label"] for r in recs])
         out: dict[str, Any] = {"image_auroc": auroc(scores, labels)}
+        note = missing_class_note(labels, ("normal", "defective"), "images")
+        if note:                           # AUROC needs both classes: it stays nan, and says why
+            out["image_auroc_note"] = note
         out["image_f1_max"], out["image_f1_max_threshold"] = f1_max(scores, labels)
         if all(r["pred_label"] is not None for r in recs):
             out["image_f1"] = f1_score([r["pred_label"] for r in recs], labels)
+        self._curves = {}
         with_mask = [r for r in recs if r["mask"] is not None]
-        if with_mask and any(r["mask"].any() for r in with_mask):
+        if with_mask:
             pix = np.concatenate([r["map"].ravel() for r in with_mask])
             gt = np.concatenate([r["mask"].ravel() for r in with_mask])
             out["pixel_auroc"] = auroc(pix, gt)
+            note = missing_class_note(gt, ("normal", "defect"), "pixels")
+            if note:
+                out["pixel_auroc_note"] = out["aupro_note"] = f"the ground-truth masks have {note}"
             out["pixel_f1_max"], out["pixel_f1_max_threshold"] = f1_max(pix, gt)
             if all(r["pred_mask"] is not None for r in with_mask):
                 out["pixel_f1"] = f1_score(np.concatenate([r["pred_mask"].ravel() for r in with_mask]), gt)
-            fpr, pro = pro_curve([r["map"] for r in with_mask], [r["mask"] for r in with_mask])
-            out["aupro"] = clipped_auc(fpr, pro, self.fpr_limit) / self.fpr_limit
-            self._curves = {"pro": (fpr, pro)}
-            self._curves["pixel_roc"] = roc_curve(pix[:: max(1, pix.size // 200_000)],
-                                                  gt[:: max(1, gt.size // 200_000)])
-        else:
-            self._curves = {}
-        self._curves["image_roc"] = roc_curve(scores, labels)
+            if note:                       # PRO needs defect regions and an FPR needs background
+                out["aupro"] = math.nan
+            else:
+                fpr, pro = pro_curve([r["map"] for r in with_mask], [r["mask"] for r in with_mask])
+                out["aupro"] = clipped_auc(fpr, pro, self.fpr_limit) / self.fpr_limit
+                self._curves["pro"] = (fpr, pro)
+                self._curves["pixel_roc"] = roc_curve(pix[:: max(1, pix.size // 200_000)],
+                                                      gt[:: max(1, gt.size // 200_000)])
+        if "image_auroc_note" not in out:
+            self._curves["image_roc"] = roc_curve(scores, labels)
         per_type = {}
         good = [r for r in recs if r["label"] == 0]
         for t in sorted({r["defect_type"] for r in recs if r["label"] == 1}):
             sub = good + [r for r in recs if r["label"] == 1 and r["defect_type"] == t]
             per_type[t] = {"num_images": len(sub) - len(good),
                            "image_auroc": auroc([r["score"] for r in sub], [r["label"] for r in sub])}
+            if not good:
+                per_type[t]["image_auroc_note"] = "no normal images to compare with"
         out["per_defect_type"] = per_type
         out["num_images"] = len(recs)
         out["num_defective"] = int(labels.sum())
@@ -262,7 +273,8 @@ class AnomalyEvaluator(BaseEvaluator):
         if per:
             table += "\n\n" + format_table(["defect type", "images", "img AUROC"],
                                            [[t, v["num_images"], v["image_auroc"]] for t, v in per.items()])
-        return table
+        notes = metric_notes(metrics)
+        return "\n".join([table] + notes) if notes else table
 
     def save_artifacts(self, metrics: dict[str, Any], out_dir: str) -> list[str]:
         from ..visualization.anomaly import plot_curves, save_overlays

@@ -11,7 +11,9 @@ The life cycle, driven by the trainer or ``tools/test.py``:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 
 class BaseEvaluator:
@@ -31,7 +33,7 @@ class BaseEvaluator:
         raise NotImplementedError
 
     def summary(self, metrics: dict[str, Any]) -> str:
-        return format_scalars(metrics)
+        return "\n".join([format_scalars(metrics)] + metric_notes(metrics))
 
     def save_artifacts(self, metrics: dict[str, Any], out_dir: str) -> list[str]:
         """Write plots into ``out_dir``; returns the written paths."""
@@ -43,6 +45,23 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The flat ``{name: float}`` part of a metrics dict (what gets logged / compared)."""
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def missing_class_note(labels, names: Sequence[str] = ("normal", "defective"),
+                       what: str = "images") -> str | None:
+    """Why an AUROC over ground-truth ``labels`` (class indices into ``names``) is undefined,
+    e.g. ``"no normal images among the 12 evaluated images"``; None when every class is present."""
+    present = {int(v) for v in np.unique(np.asarray(labels).ravel())} if np.size(labels) else set()
+    missing = [str(n) for k, n in enumerate(names) if k not in present]
+    if not missing:
+        return None
+    return f"no {' / '.join(missing)} {what} among the {int(np.size(labels))} evaluated {what}"
+
+
+def metric_notes(metrics: dict[str, Any]) -> list[str]:
+    """``"<metric> is nan: <why>"`` for every ``<metric>_note`` entry of ``metrics``."""
+    return [f"{k[:-5]} is nan: {v}" for k, v in metrics.items()
+            if k.endswith("_note") and isinstance(v, str)]
 
 
 def batch_meta(batch: dict, i: int) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..registry import EVALUATORS
 from ..structures import class_names_for
-from .base import BaseEvaluator, batch_meta, format_table
+from .base import BaseEvaluator, batch_meta, format_table, metric_notes, missing_class_note
 
 _AVERAGES = ("macro", "weighted", "micro", "binary")
 
@@ -102,6 +102,8 @@ class ClassificationEvaluator(BaseEvaluator):
             probs = scores / scores.sum(1, keepdims=True)
             m["roc_auc_ovr"] = float(roc_auc_score(y_true, probs, multi_class="ovr",
                                                    average="macro", labels=labels))
+        elif missing_class_note(y_true, names, "images"):   # AUROC needs every class: say why not
+            m["roc_auc_note" if n == 2 else "roc_auc_ovr_note"] = missing_class_note(y_true, names, "images")
         m["num_images"] = int(len(y_true))
         p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
         m["classes"] = names
@@ -126,6 +128,7 @@ class ClassificationEvaluator(BaseEvaluator):
                                                    "average_precision", "roc_auc_ovr")
                  if k in metrics and not (k == "f1_macro" and self.average == "macro")]
         out.append("  ".join(extra))
+        out += [n.replace(" is nan: ", " not computed: ") for n in metric_notes(metrics)]
         cm = metrics.get("confusion_matrix")
         if cm:
             out.append("confusion matrix (rows: ground truth, columns: prediction)")

@@ -5,7 +5,9 @@
   AP@[.50:.95], area all, maxDets 100, averaged over the categories that have ground truth.
   The dataset's ``classes`` are the defect categories only (``CocoDataset(normal_category=0)``
   drops DefectNet's "背景" category), so the mean excludes the normal category exactly like
-  the original's ``ignore_ids=[0]``. COCO category id = label + 1.
+  the original's ``ignore_ids=[0]``. Internally COCO category id = label + 1; the
+  exported ``predictions.bbox.json`` maps labels back to the source's own category ids
+  (``dataset.category_ids``, as mmdetection's ``results2json``) and image ids.
 - **F1**: image level, normal (0) vs defective (1). An image is predicted defective iff
   it has a detection with ``score > score_thr``; ground truth from ``is_defective`` (any
   defect box). ``f1_macro`` = sklearn's macro F1 with its default label set = the
@@ -108,7 +110,8 @@ class DetectionEvaluator(BaseEvaluator):
 
     Args:
         classes: defect class names (runtime default: the dataset's ``classes``, which
-            exclude the normal category); COCO category id = index + 1.
+            exclude the normal category); internal COCO category id = index + 1, exported
+            ids are the source's own (:meth:`export_categories`).
         score_thr: an image is predicted defective iff a detection has ``score > score_thr``
             (DefectNet: the detector's test ``score_thr``, 0.05). mAP uses every detection.
         iou_type: only ``'bbox'``.
@@ -320,16 +323,33 @@ class DetectionEvaluator(BaseEvaluator):
                                                os.path.join(out_dir, "confusion_matrix.png")))
         return paths
 
+    def export_categories(self) -> list[dict]:
+        """``[{"id", "name"}]`` per model label: the source's own category id
+        (``dataset.category_ids``, e.g. a COCO file's 3, 7, 10), matched by class name when
+        the evaluated dataset orders its classes differently; ``label + 1`` for a source
+        without numeric ids (VOC, LabelMe, mask folders), with the class name."""
+        names = list(self.classes) if self.classes is not None else list(getattr(self.dataset, "classes", None) or [])
+        ds_names = list(getattr(self.dataset, "classes", None) or [])
+        ds_ids = getattr(self.dataset, "category_ids", None) or list(range(1, len(ds_names) + 1))
+        by_name = dict(zip(ds_names, ds_ids))
+        return [{"id": int(by_name.get(n, k + 1)), "name": str(n)} for k, n in enumerate(names)]
+
     def write_predictions(self, results: list, metas: list, out_dir: str) -> str:
-        """COCO results JSON ``predictions.bbox.json``: ``image_id`` (the dataset's image id),
-        ``category_id`` = label + 1, ``bbox`` [x, y, w, h] in original pixels, ``score``."""
+        """COCO results JSON ``predictions.bbox.json``, evaluable against the source's own
+        annotation file: ``image_id`` (the dataset's image id), ``category_id`` (the source's
+        category id of the label, see :meth:`export_categories`; ``label + 1`` when nothing is
+        known), ``category_name`` (when the class names are known), ``bbox`` [x, y, w, h] in
+        original pixels, ``score``."""
         os.makedirs(out_dir, exist_ok=True)
+        cats = self.export_categories()
         out = []
         for k, r in enumerate(results):
             meta = metas[k] if k < len(metas) and isinstance(metas[k], dict) else {}
             iid = meta.get("id", k)
             for (x1, y1, x2, y2), s, l in zip(_as_list(r.boxes), _as_list(r.scores), _as_list(r.labels)):
-                out.append({"image_id": iid, "category_id": int(l) + 1,
+                cat = cats[int(l)] if 0 <= int(l) < len(cats) else {"id": int(l) + 1}
+                out.append({"image_id": iid, "category_id": cat["id"],
+                            **({"category_name": cat["name"]} if "name" in cat else {}),
                             "bbox": [round(float(x1), 2), round(float(y1), 2),
                                      round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
                             "score": round(float(s), 5)})
