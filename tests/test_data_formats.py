@@ -279,8 +279,9 @@ def test_voc_read(tmp_path):
     assert classes == ["crack", "dent"] and [r.is_defective for r in recs] == [1, 0]
     assert recs[0].labels.tolist() == [1, 0] and recs[0].meta["difficult"] == [False, True]
     np.testing.assert_allclose(recs[0].boxes[0], [1, 2, 10, 12])
-    recs, _ = read_voc(voc, split="train", img_dir=tmp_path / "images", skip_difficult=True)
-    assert len(recs) == 1 and recs[0].labels.tolist() == [0]
+    recs, classes = read_voc(voc, split="train", img_dir=tmp_path / "images", skip_difficult=True)
+    # issue 10 item 6: the class list never depends on skip_difficult ('crack' is only difficult)
+    assert classes == ["crack", "dent"] and len(recs) == 1 and recs[0].labels.tolist() == [1]
     with pytest.raises(DataFormatError, match=r"test\.txt.*empty split"):
         read_voc(voc, split="test", img_dir=tmp_path / "images")
 

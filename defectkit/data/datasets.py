@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
@@ -28,6 +28,7 @@ from .collate import skipped_sample
 from .formats.common import DataFormatError, Record
 from .formats.coco import read_coco
 from .formats.image_folder import read_image_folder
+from .formats.images import decode_mask, exif_hint, open_image
 from .formats.labelme import read_labelme
 from .formats.mask_folder import read_mask_folder
 from .formats.mvtec import read_anomaly_folders, read_mvtec
@@ -37,20 +38,18 @@ from .transforms import build_pipeline
 logger = logging.getLogger("defectkit")
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """(3, H, W) float32 in [0, 1]; DataFormatError naming ``path`` if it cannot be decoded."""
-    try:
-        with Image.open(path) as im:
-            if im.mode.startswith("I;16"):
-                arr = np.asarray(im, dtype=np.float32) / 65535.0
-                t = torch.from_numpy(arr)[None].expand(3, -1, -1).contiguous()
-                return t
-            rgb = im.convert("RGB")   # decodes the pixels
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataFormatError(f"{path}: cannot decode image: {e}") from e
-    return TF.pil_to_tensor(rgb).float().div_(255.0)
+def load_image(path: str | os.PathLike, exif_orientation: bool = True) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1] of an image file, as displayed: the EXIF orientation
+    is applied (``PIL.ImageOps.exif_transpose``) unless ``exif_orientation=False``
+    (then the raw pixel grid). 16-bit grey images are scaled by 1/65535, everything
+    else is converted to RGB / 255. DataFormatError naming ``path`` if it is missing
+    or cannot be decoded. The one image loader of datasets, ``tools/infer.py`` and
+    the anomaly path."""
+    im = open_image(path, exif_orientation)
+    if im.mode.startswith("I;16"):
+        arr = np.asarray(im, dtype=np.float32) / 65535.0
+        return torch.from_numpy(arr)[None].expand(3, -1, -1).contiguous()
+    return TF.pil_to_tensor(im.convert("RGB")).float().div_(255.0)
 
 
 def rasterize_polygons(polygons: list, height: int, width: int) -> np.ndarray:
@@ -65,21 +64,17 @@ def rasterize_polygons(polygons: list, height: int, width: int) -> np.ndarray:
     return np.asarray(canvas, dtype=np.int64)
 
 
-def read_mask(path: str, kind: str, num_classes: int) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("RGB", "RGBA"):
-                im = im.convert("RGB").getchannel(0)
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataFormatError(f"{path}: cannot read mask: {e}") from e
-    if arr.ndim != 2:
-        raise DataFormatError(f"{path}: mask must be single-channel, got shape {arr.shape}")
+def read_mask(path: str, kind: str, num_classes: int, exif_orientation: bool = True) -> np.ndarray:
+    """(H, W) int64 mask of a mask file, decoded by ``formats.images.decode_mask`` (real
+    pixel values of modes 1, L, P, LA, I;16, I, grey RGB/RGBA). ``kind="binary"``: any
+    non-zero value -> 1; ``"index"``: values must be in ``0..num_classes``
+    (DataFormatError naming the file otherwise)."""
+    arr = decode_mask(path, exif_orientation)
     if kind == "binary":
         return (arr > 0).astype(np.int64)
-    arr = arr.astype(np.int64)
     if arr.size and (arr.min() < 0 or arr.max() > num_classes):
-        raise DataFormatError(f"{path}: mask value {int(arr.max())} is outside 0..{num_classes} "
+        bad = int(arr.max()) if arr.max() > num_classes else int(arr.min())
+        raise DataFormatError(f"{path}: mask value {bad} is outside 0..{num_classes} "
                               f"(number of classes {num_classes})")
     return arr
 
@@ -90,13 +85,15 @@ class BaseDataset(Dataset):
     config_children = {"pipeline": ("list", TRANSFORMS)}
     with_boxes: bool = False   # the samples carry boxes/labels
     with_mask: bool = False    # the samples carry a mask
+    size_field: str = "width/height"   # how the annotation file names the image size
     # the source's own id of each class (COCO category ids: classes[k] is id category_ids[k]),
     # what exported predictions use; None: the source names classes only (ids 1..K in exports)
     category_ids: list | None = None
 
     def __init__(self, pipeline: list[dict] | None = None, skip_invalid: bool = False,
-                 seed: int = 0, max_images: int | None = None):
+                 seed: int = 0, max_images: int | None = None, exif_orientation: bool = True):
         self.skip_invalid = bool(skip_invalid)
+        self.exif_orientation = bool(exif_orientation)   # read before self.load() (readers)
         self.seed = int(seed)
         self.epoch = 0
         records, classes = self.load()
@@ -163,14 +160,17 @@ class BaseDataset(Dataset):
             return self.pipeline(sample)
 
     def load_sample(self, index: int) -> dict[str, Any]:
-        """The untransformed sample of record ``index``."""
+        """The untransformed sample of record ``index`` (image read by ``load_image`` with
+        the dataset's ``exif_orientation``). DataFormatError naming the image and the
+        annotation file when the image's size is not the annotated one."""
         rec = self.records[index]
-        img = load_image(rec.img_path)
+        img = load_image(rec.img_path, self.exif_orientation)
         h, w = int(img.shape[-2]), int(img.shape[-1])
         if rec.width is not None and rec.height is not None and (rec.width, rec.height) != (w, h):
             src = rec.meta.get("ann_file") or getattr(self, "ann_file", "the annotation")
             raise DataFormatError(f"{rec.img_path}: image is {w}x{h} but {src} gives "
-                                  f"width/height {rec.width}x{rec.height}")
+                                  f"{self.size_field} {rec.width}x{rec.height}"
+                                  + exif_hint(rec.img_path, self.exif_orientation))
         sample: dict[str, Any] = {"image": tv_tensors.Image(img)}
         if self.with_boxes:
             sample["boxes"] = tv_tensors.BoundingBoxes(
@@ -187,14 +187,18 @@ class BaseDataset(Dataset):
         return sample
 
     def load_mask(self, rec: Record, h: int, w: int) -> np.ndarray:
+        """(h, w) int64 class-index mask of ``rec``: its polygons rasterised, its mask file
+        decoded (``read_mask``), or zeros. DataFormatError naming the mask file AND the
+        image when their sizes differ."""
         if rec.polygons is not None:
             return rasterize_polygons(rec.polygons, h, w)
         if rec.mask_path is None:
             return np.zeros((h, w), np.int64)
-        mask = read_mask(rec.mask_path, rec.mask_kind, len(self.classes))
+        mask = read_mask(rec.mask_path, rec.mask_kind, len(self.classes), self.exif_orientation)
         if mask.shape != (h, w):
             raise DataFormatError(f"{rec.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
-                                  f"its image {rec.img_path} is {w}x{h}")
+                                  f"its image {rec.img_path} is {w}x{h}"
+                                  + exif_hint(rec.img_path, self.exif_orientation))
         return mask
 
     def __repr__(self) -> str:
@@ -211,16 +215,18 @@ class CocoDataset(BaseDataset):
 
     def __init__(self, ann_file: str, img_dir: str, normal_category: int | None = None,
                  filter_empty: bool = False, pipeline: list[dict] | None = None,
-                 skip_invalid: bool = False, seed: int = 0, max_images: int | None = None):
+                 skip_invalid: bool = False, seed: int = 0, max_images: int | None = None,
+                 exif_orientation: bool = True):
         self.ann_file, self.img_dir = ann_file, img_dir
         self.normal_category, self.filter_empty = normal_category, filter_empty
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
-                         max_images=max_images)
+                         max_images=max_images, exif_orientation=exif_orientation)
 
     def load(self):
         records, classes, self.category_ids = read_coco(
             self.ann_file, self.img_dir, normal_category=self.normal_category,
-            filter_empty=self.filter_empty, skip_invalid=self.skip_invalid, return_category_ids=True)
+            filter_empty=self.filter_empty, skip_invalid=self.skip_invalid, return_category_ids=True,
+            exif_orientation=self.exif_orientation)
         return records, classes
 
 
@@ -233,16 +239,16 @@ class VOCDataset(BaseDataset):
     def __init__(self, root: str, split: str | None = None, img_dir: str | None = None,
                  classes: list[str] | None = None, skip_difficult: bool = False,
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
-                 max_images: int | None = None):
+                 max_images: int | None = None, exif_orientation: bool = True):
         self.root, self.split, self.img_dir = root, split, img_dir
         self.given_classes, self.skip_difficult = classes, skip_difficult
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
-                         max_images=max_images)
+                         max_images=max_images, exif_orientation=exif_orientation)
 
     def load(self):
         return read_voc(self.root, split=self.split, img_dir=self.img_dir,
                         classes=self.given_classes, skip_difficult=self.skip_difficult,
-                        skip_invalid=self.skip_invalid)
+                        skip_invalid=self.skip_invalid, exif_orientation=self.exif_orientation)
 
 
 # --------------------------------------------------------------------- segmentation
@@ -252,23 +258,25 @@ class LabelMeDataset(BaseDataset):
 
     with_boxes = True
     with_mask = True
+    size_field = "imageWidth/imageHeight"
 
     def __init__(self, ann_dir: str, img_dir: str | None = None, classes: list[str] | None = None,
                  unlabeled: str = "skip", split_file: str | None = None, split: str | None = None,
                  split_mode: str = "official", test_fraction: float = 0.2, split_seed: int = 7,
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
-                 max_images: int | None = None):
+                 max_images: int | None = None, exif_orientation: bool = True):
         self.ann_dir, self.img_dir, self.given_classes = ann_dir, img_dir, classes
         self.unlabeled, self.split_file, self.split = unlabeled, split_file, split
         self.split_mode, self.test_fraction, self.split_seed = split_mode, test_fraction, split_seed
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
-                         max_images=max_images)
+                         max_images=max_images, exif_orientation=exif_orientation)
 
     def load(self):
         return read_labelme(self.ann_dir, img_dir=self.img_dir, classes=self.given_classes,
                             unlabeled=self.unlabeled, split_file=self.split_file, split=self.split,
                             skip_invalid=self.skip_invalid, split_mode=self.split_mode,
-                            test_fraction=self.test_fraction, split_seed=self.split_seed)
+                            test_fraction=self.test_fraction, split_seed=self.split_seed,
+                            exif_orientation=self.exif_orientation)
 
 
 @DATASETS.register()
@@ -280,16 +288,17 @@ class MaskFolderDataset(BaseDataset):
     def __init__(self, img_dir: str, mask_dir: str, classes: list[str], mask_suffix: str = "",
                  split_file: str | None = None, missing_mask: str = "error",
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
-                 max_images: int | None = None):
+                 max_images: int | None = None, exif_orientation: bool = True):
         self.img_dir, self.mask_dir, self.given_classes = img_dir, mask_dir, classes
         self.mask_suffix, self.split_file, self.missing_mask = mask_suffix, split_file, missing_mask
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
-                         max_images=max_images)
+                         max_images=max_images, exif_orientation=exif_orientation)
 
     def load(self):
         return read_mask_folder(self.img_dir, self.mask_dir, self.given_classes,
                                 mask_suffix=self.mask_suffix, split_file=self.split_file,
-                                missing_mask=self.missing_mask, skip_invalid=self.skip_invalid)
+                                missing_mask=self.missing_mask, skip_invalid=self.skip_invalid,
+                                exif_orientation=self.exif_orientation)
 
 
 # -------------------------------------------------------------------------- anomaly
@@ -302,11 +311,11 @@ class MVTecDataset(BaseDataset):
 
     def __init__(self, root: str, category: str | None = None, split: str = "train",
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
-                 max_images: int | None = None):
+                 max_images: int | None = None, exif_orientation: bool = True):
         self.root, self.category, self.split = root, category, split
         self.defect_types: list[str] = []
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
-                         max_images=max_images)
+                         max_images=max_images, exif_orientation=exif_orientation)
 
     def load(self):
         records, classes, self.defect_types = read_mvtec(self.root, self.category, self.split,
@@ -322,13 +331,13 @@ class FolderAnomalyDataset(BaseDataset):
     def __init__(self, normal_dir: str | None = None, abnormal_dir: str | None = None,
                  mask_dir: str | None = None, mask_suffix: str = "_mask",
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
-                 max_images: int | None = None):
+                 max_images: int | None = None, exif_orientation: bool = True):
         self.normal_dir, self.abnormal_dir = normal_dir, abnormal_dir
         self.mask_dir, self.mask_suffix = mask_dir, mask_suffix
         self.with_mask = mask_dir is not None
         self.defect_types: list[str] = []
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
-                         max_images=max_images)
+                         max_images=max_images, exif_orientation=exif_orientation)
 
     def load(self):
         records, classes, self.defect_types = read_anomaly_folders(
@@ -344,10 +353,10 @@ class ImageFolderDataset(BaseDataset):
 
     def __init__(self, root: str, classes: list[str] | None = None, normal_class: str | None = None,
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
-                 max_images: int | None = None):
+                 max_images: int | None = None, exif_orientation: bool = True):
         self.root, self.given_classes, self.normal_class = root, classes, normal_class
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
-                         max_images=max_images)
+                         max_images=max_images, exif_orientation=exif_orientation)
 
     def load(self):
         return read_image_folder(self.root, classes=self.given_classes,

@@ -8,6 +8,11 @@
   ``BOX_TOLERANCE`` px (it is clipped), more is an error, as is ``w <= 0``/``h <= 0``.
 * ``iscrowd: 1`` annotations are ignored (``meta['num_crowd']`` counts them).
 * ``filter_empty`` drops normal images (e.g. a detector trained on defects only).
+* ``skip_invalid``: an invalid annotation is dropped and its image kept with its
+  valid boxes (mmdetection); an image is dropped when the image entry is invalid or
+  when every defect annotation it had was invalid (it is not known to be normal).
+* Missing ``width``/``height`` are read from the image header, as the image is
+  decoded: EXIF-turned unless ``exif_orientation=False``.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ _NORMAL_NAMES = {"背景", "background", "normal", "bg", "good", "ok"}
 def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
               normal_category: int | None = None, filter_empty: bool = False,
               skip_invalid: bool = False, check_images: bool = True,
-              return_category_ids: bool = False) -> tuple[list[Record], list[str]]:
+              return_category_ids: bool = False,
+              exif_orientation: bool = True) -> tuple[list[Record], list[str]]:
     """``(records, classes)``; with ``return_category_ids`` also the file's own category id of
     each class (``classes[k]`` is category ``ids[k]``), what exports map labels back to."""
     ann_path = require_path(ann_file, "ann_file")
@@ -91,7 +97,7 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
                 raise DataFormatError(f"{where}: file_name: image file not found: {path}")
             w, h = im.get("width"), im.get("height")
             if w is None or h is None:
-                w, h = image_size(path)
+                w, h = image_size(path, exif_orientation)   # as the image is decoded
             w, h = int(w), int(h)
             if w <= 0 or h <= 0:
                 raise DataFormatError(f"{where}: width/height must be > 0, got {w}x{h}")
@@ -100,7 +106,7 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
             problems(e)
             continue
         images[iid] = dict(path=path, width=w, height=h, file_name=im["file_name"],
-                           boxes=[], labels=[], crowd=0, normal_marks=0)
+                           boxes=[], labels=[], crowd=0, normal_marks=0, dropped=0)
         order.append(iid)
 
     # ---- annotations
@@ -108,13 +114,13 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
         aid = a.get("id", j) if isinstance(a, dict) else j
         where = f"{ann_path}: annotations[{j}] (id {aid})"
         if not isinstance(a, dict):
-            problems(DataFormatError(f"{where}: not an object"))
+            problems(DataFormatError(f"{where}: not an object"), "annotation")
             continue
         iid = a.get("image_id")
         if iid in bad_images:
             continue
         if iid not in images:
-            problems(DataFormatError(f"{where}: image_id {iid!r} is not in 'images'"))
+            problems(DataFormatError(f"{where}: image_id {iid!r} is not in 'images'"), "annotation")
             continue
         im = images[iid]
         try:
@@ -138,9 +144,8 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
         except (DataFormatError, TypeError, ValueError) as e:
             if not isinstance(e, DataFormatError):
                 e = DataFormatError(f"{where}: {e}")
-            bad_images.add(iid)
-            del images[iid]
-            problems(e)
+            problems(e, "annotation")   # skip_invalid: only this annotation is dropped
+            im["dropped"] += 1
             continue
         im["boxes"].append(box)
         im["labels"].append(cat2label[cid])
@@ -150,6 +155,9 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
         if iid not in images:
             continue
         im = images[iid]
+        if im["dropped"] and not im["boxes"]:
+            problems.dropped("image")   # every defect annotation invalid: not a normal image
+            continue
         defective = int(len(im["boxes"]) > 0)
         if filter_empty and not defective:
             continue
@@ -158,7 +166,7 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
             labels=as_labels(im["labels"]), is_defective=defective,
             width=im["width"], height=im["height"],
             meta={"file_name": im["file_name"], "num_crowd": im["crowd"]}))
-    problems.report("images/annotations")
+    problems.report()
     check_nonempty(records, str(ann_path),
                    "defective images (filter_empty=True)" if filter_empty else "images")
     return (records, classes, list(defect_ids)) if return_category_ids else (records, classes)

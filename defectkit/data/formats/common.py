@@ -3,8 +3,12 @@
 A reader parses annotations only (images are not decoded) into a list of ``Record``
 and the ordered list of defect ``classes``. It checks what it reads and raises
 ``DataFormatError`` naming the file and the field. With ``skip_invalid=True`` a
-reader collects the per-image problems instead, drops those images, and logs ONE
-warning on the ``defectkit`` logger that counts them and names the first few.
+reader collects the problems instead and drops only what is invalid: an invalid
+annotation (COCO annotation, VOC object, LabelMe shape) is dropped and its image kept
+with its valid annotations (mmdetection's rule); an image is dropped when the image
+itself is invalid or when every one of its annotations was. ONE warning on the
+``defectkit`` logger counts dropped annotations and dropped images separately and
+names the first few problems.
 """
 from __future__ import annotations
 
@@ -53,25 +57,38 @@ class Record:
 
 
 class Problems:
-    """Raise at once, or (``skip_invalid``) collect and report in one warning."""
+    """Raise at once, or (``skip_invalid``) collect and report in one warning.
+
+    ``problems(err, kind)`` records a dropped item of ``kind`` (singular noun, e.g.
+    ``"image"``, ``"annotation"``); ``dropped(kind)`` counts an item dropped because of
+    problems already recorded (an image left without any valid annotation).
+    """
 
     def __init__(self, skip_invalid: bool, source: str):
         self.skip_invalid = bool(skip_invalid)
         self.source = source
         self.errors: list[str] = []
+        self.counts: dict[str, int] = {}
 
-    def __call__(self, err: DataFormatError) -> None:
+    def __call__(self, err: DataFormatError, kind: str = "image") -> None:
         if not self.skip_invalid:
             raise err
         self.errors.append(str(err))
+        self.dropped(kind)
 
-    def report(self, what: str = "images") -> None:
+    def dropped(self, kind: str, n: int = 1) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + int(n)
+
+    def report(self) -> None:
         if not self.errors:
             return
+        # e.g. "skipped 1 invalid annotation and 2 images": dropped items by kind
+        parts = [f"{n} {'invalid ' if k == 0 else ''}{kind}{'' if n == 1 else 's'}"
+                 for k, (kind, n) in enumerate(self.counts.items())]
         first = "; ".join(self.errors[:3])
         more = f"; ... and {len(self.errors) - 3} more" if len(self.errors) > 3 else ""
-        logger.warning("%s: skipped %d invalid %s (skip_invalid=True): %s%s",
-                       self.source, len(self.errors), what, first, more)
+        logger.warning("%s: skipped %s (skip_invalid=True): %s%s",
+                       self.source, " and ".join(parts), first, more)
 
 
 # ----------------------------------------------------------------------------- paths
@@ -116,13 +133,35 @@ def read_split_file(path: str | os.PathLike, field_name: str = "split_file") -> 
     return stems
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from the image header (the pixels are not decoded)."""
+EXIF_ORIENTATION = 0x0112   # the EXIF/TIFF Orientation tag; 1 = as stored, 2..8 = flip/rotate
+_SWAPS_AXES = (5, 6, 7, 8)  # orientations whose display swaps width and height
+
+
+def orientation_tag(im) -> int:
+    """The EXIF Orientation (1..8) of an open PIL image; 1 when absent or unreadable."""
+    try:
+        v = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:   # a broken EXIF block must not hide the image
+        return 1
+    return v if 1 <= v <= 8 else 1
+
+
+def image_size(path: str | os.PathLike, exif_orientation: bool = True) -> tuple[int, int]:
+    """(width, height) from the image header (the pixels are not decoded).
+
+    With ``exif_orientation`` the size is the one the image is decoded at (see
+    ``formats.images.open_image``): width and height swap for EXIF orientations 5..8.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            if exif_orientation and orientation_tag(im) in _SWAPS_AXES:
+                w, h = h, w
+            return w, h
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError) as e:
         raise DataFormatError(f"{path}: cannot read image header: {e}") from e
 

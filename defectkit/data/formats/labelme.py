@@ -13,7 +13,11 @@ and a polygon that the dataset rasterises into the class-index mask with
 are drawn over earlier ones.
 
 Classes: the config's ``classes`` (an unknown label is an error) or the sorted
-label names found. Images in ``img_dir`` without a JSON: ``unlabeled='skip'``
+label names found. ``skip_invalid``: an invalid shape (bad points, unsupported type,
+outside the image, unknown label) is dropped and its image kept with the valid
+shapes (its pixels then count as background); an image is dropped when its JSON is
+invalid or when every shape in it was. Without ``imageWidth``/``imageHeight`` the
+size comes from the image header, EXIF-turned unless ``exif_orientation=False``. Images in ``img_dir`` without a JSON: ``unlabeled='skip'``
 (default; BSData's unannotated images are unlabelled, not clean negatives) or
 ``'normal'`` (kept as normal images with an empty mask).
 """
@@ -75,6 +79,21 @@ def _shape_polygon(shape: dict, where: str) -> list[tuple[float, float]]:
                           f"(supported: {', '.join(SHAPE_TYPES)})")
 
 
+def _shape(s, where: str, w: int, h: int):
+    """``(label, polygon clipped to the image, box)`` of one LabelMe shape."""
+    if not isinstance(s, dict) or not isinstance(s.get("label"), str):
+        raise DataFormatError(f"{where}.label: missing or not a string")
+    try:
+        poly = _shape_polygon(s, where)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, DataFormatError):
+            raise
+        raise DataFormatError(f"{where}.points: {e}") from None
+    xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+    box = check_box(min(xs), min(ys), max(xs), max(ys), w, h, f"{where}.points")
+    return s["label"], [(min(max(x, 0.0), w), min(max(y, 0.0), h)) for x, y in poly], box
+
+
 def _find_image(js: Path, image_path: str | None, img_root: Path | None) -> Path:
     rel = (image_path or "").replace("\\", "/")
     candidates = []
@@ -96,7 +115,8 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
                  classes: list[str] | None = None, unlabeled: str = "skip",
                  split_file: str | os.PathLike | None = None, split: str | None = None,
                  skip_invalid: bool = False, split_mode: str = "official",
-                 test_fraction: float = 0.2, split_seed: int = 7) -> tuple[list[Record], list[str]]:
+                 test_fraction: float = 0.2, split_seed: int = 7,
+                 exif_orientation: bool = True) -> tuple[list[Record], list[str]]:
     """``split_file``: a text file of image stems, or BSData's ``image_data.json``
     (``images[].filename`` / ``train_test_split``, selected by ``split``).
 
@@ -127,7 +147,7 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
         keep = _split_stems(split_file, split, split_mode, test_fraction, split_seed)
     problems = Problems(skip_invalid, str(aroot))
 
-    parsed = []   # (json path, image path, w, h, [(label name, polygon)], meta)
+    parsed = []   # (json, image, w, h, [(shape index, label, polygon, box)], invalid shapes)
     for js in sorted(aroot.glob("*.json")):
         if keep is not None and js.stem not in keep:
             continue
@@ -138,41 +158,45 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
             img = _find_image(js, data.get("imagePath"), img_root)
             w, h = data.get("imageWidth"), data.get("imageHeight")
             if w is None or h is None:
-                w, h = image_size(img)
+                w, h = image_size(img, exif_orientation)   # as the image is decoded
             w, h = int(w), int(h)
-            shapes = []
-            for i, s in enumerate(data.get("shapes", [])):
-                where = f"{js}: shapes[{i}]"
-                if not isinstance(s, dict) or not isinstance(s.get("label"), str):
-                    raise DataFormatError(f"{where}.label: missing or not a string")
-                poly = _shape_polygon(s, where)
-                xs, ys = [p[0] for p in poly], [p[1] for p in poly]
-                box = check_box(min(xs), min(ys), max(xs), max(ys), w, h, f"{where}.points")
-                poly = [(min(max(x, 0.0), w), min(max(y, 0.0), h)) for x, y in poly]
-                shapes.append((s["label"], poly, box))
-        except DataFormatError as e:
-            problems(e)
+        except (DataFormatError, TypeError, ValueError) as e:
+            problems(e if isinstance(e, DataFormatError) else
+                     DataFormatError(f"{js}: imageWidth/imageHeight: {e}"))
             continue
-        parsed.append((js, img, w, h, shapes))
+        shapes, bad = [], 0
+        for i, s in enumerate(data.get("shapes", [])):
+            try:
+                shapes.append((i, *_shape(s, f"{js}: shapes[{i}]", w, h)))
+            except DataFormatError as e:
+                problems(e, "shape")   # skip_invalid: only this shape is dropped
+                bad += 1
+        parsed.append((js, img, w, h, shapes, bad))
 
-    classes = resolve_classes(classes, [lab for *_, shapes in parsed for lab, _, _ in shapes],
+    classes = resolve_classes(classes, [lab for *_, shapes, _ in parsed for _, lab, _, _ in shapes],
                               str(aroot))
     index = {c: i for i, c in enumerate(classes)}
     records: list[Record] = []
     seen_images = set()
-    for js, img, w, h, shapes in parsed:
-        unknown = [(i, lab) for i, (lab, _, _) in enumerate(shapes) if lab not in index]
-        if unknown:
-            i, lab = unknown[0]
-            problems(DataFormatError(f"{js}: shapes[{i}].label {lab!r} is not in classes {classes}"))
+    for js, img, w, h, shapes, bad in parsed:
+        kept = []
+        for i, lab, poly, box in shapes:
+            if lab not in index:
+                problems(DataFormatError(f"{js}: shapes[{i}].label {lab!r} is not in classes {classes}"),
+                         "shape")
+                bad += 1
+                continue
+            kept.append((lab, poly, box))
+        if bad and not kept:
+            problems.dropped("image")   # every shape invalid: not known to be normal
             continue
         seen_images.add(img.resolve())
         records.append(Record(
             img_path=str(img), id=js.stem,
-            boxes=as_boxes([b for _, _, b in shapes]),
-            labels=as_labels([index[lab] for lab, _, _ in shapes]),
-            polygons=[(index[lab], poly) for lab, poly, _ in shapes],
-            is_defective=int(len(shapes) > 0), width=w, height=h,
+            boxes=as_boxes([b for _, _, b in kept]),
+            labels=as_labels([index[lab] for lab, _, _ in kept]),
+            polygons=[(index[lab], poly) for lab, poly, _ in kept],
+            is_defective=int(len(kept) > 0), width=w, height=h,
             meta={"ann_file": str(js)}))
     if unlabeled == "normal":
         for p in list_images(img_root):
@@ -180,7 +204,7 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
                 continue
             records.append(Record(img_path=str(p), id=p.stem, polygons=[], is_defective=0,
                                   meta={"ann_file": None}))
-    problems.report("annotation files")
+    problems.report()
     check_nonempty(records, str(aroot), "annotated images (LabelMe *.json)")
     return records, classes
 

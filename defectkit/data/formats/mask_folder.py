@@ -4,10 +4,12 @@
     <mask_dir>/<stem><mask_suffix>.png     single channel: 0 background, k+1 = classes[k]
 
 ``classes`` (required) names the defect classes in mask order. Every mask is
-opened once while reading (PNG decoding of masks only, not the images) to check
-that its values are within ``0..len(classes)`` and to set ``is_defective``
-(any non-zero pixel). ``missing_mask``: ``'error'`` (default) or ``'normal'``
-(an image without a mask is a normal image with an all-zero mask).
+decoded once while reading (``images.decode_mask``: modes 1, L, P, LA, I;16, I and
+grey RGB/RGBA by their real values; masks only, the images' headers give their size)
+to check that its values are within ``0..len(classes)``, that its size is its image's
+(EXIF-turned when ``exif_orientation``), and to set ``is_defective`` (any non-zero
+pixel). ``missing_mask``: ``'error'`` (default) or ``'normal'`` (an image without a
+mask is a normal image with an all-zero mask).
 ``split_file`` optionally lists the image stems to use, one a line (e.g. the
 VOC ``ImageSets/Main/train.txt`` of the synthetic sets).
 """
@@ -15,43 +17,27 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from .common import (DataFormatError, Problems, Record, check_nonempty, find_by_stem,
-                     list_images, read_split_file, require_path, resolve_classes)
+                     image_size, list_images, read_split_file, require_path, resolve_classes)
+from .images import decode_mask, exif_hint
 
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 
 
-def mask_value_range(path: str | os.PathLike) -> tuple[int, int, tuple[int, int]]:
-    """(min, max, (w, h)) of a single-channel class-index mask file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            if im.mode in ("RGB", "RGBA"):
-                bands = im.getextrema()[:3]
-                arr = np.asarray(im.convert("RGB"))
-                if not (np.array_equal(arr[..., 0], arr[..., 1])
-                        and np.array_equal(arr[..., 0], arr[..., 2])):
-                    raise DataFormatError(f"{path}: mask must be a single-channel class-index image, "
-                                          f"got a colour {im.mode} image")
-                lo, hi = bands[0]
-            elif im.mode == "P":
-                arr = np.asarray(im)   # palette indices are the class ids
-                lo, hi = int(arr.min()), int(arr.max())
-            else:
-                lo, hi = im.getextrema() if im.mode != "1" else (0, 1)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataFormatError(f"{path}: cannot read mask: {e}") from e
-    return int(lo), int(hi), size
+def mask_value_range(path: str | os.PathLike,
+                     exif_orientation: bool = True) -> tuple[int, int, tuple[int, int]]:
+    """(min, max, (w, h)) of a class-index mask file's real pixel values, decoded by
+    ``images.decode_mask`` (the same decoder the dataset uses when it loads the mask)."""
+    arr = decode_mask(path, exif_orientation)
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    return lo, hi, (int(arr.shape[1]), int(arr.shape[0]))
 
 
 def read_mask_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike,
                      classes: list[str] | None, mask_suffix: str = "",
                      split_file: str | os.PathLike | None = None, missing_mask: str = "error",
-                     skip_invalid: bool = False) -> tuple[list[Record], list[str]]:
+                     skip_invalid: bool = False,
+                     exif_orientation: bool = True) -> tuple[list[Record], list[str]]:
     if missing_mask not in ("error", "normal"):
         raise DataFormatError(f"missing_mask: must be 'error' or 'normal', got {missing_mask!r}")
     iroot = require_path(img_dir, "img_dir", kind="dir")
@@ -80,16 +66,20 @@ def read_mask_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike,
             problems(DataFormatError(f"{img}: mask not found: {mroot / (img.stem + mask_suffix + '.png')}"))
             continue
         try:
-            lo, hi, (w, h) = mask_value_range(mask)
+            lo, hi, (w, h) = mask_value_range(mask, exif_orientation)
             if lo < 0 or hi > len(classes):
                 raise DataFormatError(f"{mask}: mask value {hi if hi > len(classes) else lo} is outside "
                                       f"0..{len(classes)} (classes: {classes})")
+            iw, ih = image_size(img, exif_orientation)
+            if (w, h) != (iw, ih):
+                raise DataFormatError(f"{mask}: mask is {w}x{h} but its image {img} is {iw}x{ih}"
+                                      + exif_hint(img, exif_orientation))
         except DataFormatError as e:
             problems(e)
             continue
         records.append(Record(img_path=str(img), id=img.stem, mask_path=str(mask),
-                              mask_kind="index", is_defective=int(hi > 0), width=w, height=h,
+                              mask_kind="index", is_defective=int(hi > 0),
                               meta={"mask_path": str(mask)}))
-    problems.report("images")
+    problems.report()
     check_nonempty(records, f"{iroot} (with masks in {mroot})")
     return records, classes

@@ -74,7 +74,7 @@ def read_mvtec(root: str | os.PathLike, category: str | None = None, split: str 
             records.append(Record(img_path=str(p), id=f"{t}/{p.stem}", mask_path=str(mask),
                                   mask_kind="binary", is_defective=1,
                                   meta={"defect_type": t}))
-    problems.report("images")
+    problems.report()
     check_nonempty(records, str(split_dir))
     return records, list(ANOMALY_CLASSES), types
 
@@ -113,6 +113,6 @@ def read_anomaly_folders(normal_dir: str | os.PathLike | None,
             records.append(Record(img_path=str(p), id=f"{t}/{rel.with_suffix('')}",
                                   mask_path=str(mask) if mask else None, mask_kind="binary",
                                   is_defective=1, meta={"defect_type": t}))
-        problems.report("images")
+        problems.report()
     check_nonempty(records, f"normal_dir={normal_dir}, abnormal_dir={abnormal_dir}")
     return records, list(ANOMALY_CLASSES), sorted(types)

@@ -8,7 +8,11 @@ Read per ``<object>``: ``name``, ``difficult`` (kept in ``meta['difficult']``,
 aligned with the boxes as read, before any transform; ``skip_difficult`` drops
 those objects instead) and ``bndbox`` ``xmin ymin xmax ymax`` used as written
 (absolute pixels, no -1 shift). ``size/width``/``height`` give the image size
-(the image header is read when they are missing or 0).
+(the image header is read when they are missing or 0, EXIF-turned unless
+``exif_orientation=False``). The class list (without ``classes``) is every object name
+found, difficult ones included, so it never depends on ``skip_difficult``.
+``skip_invalid``: an invalid object is dropped and its image kept with the valid ones;
+an image is dropped when its file is invalid or when every object in it was.
 The image is ``img_dir/<filename>``, else ``<root>/JPEGImages/<filename>``, else
 ``<path>`` (absolute or relative to the XML), else ``<stem>.<ext>`` in those folders.
 """
@@ -61,9 +65,28 @@ def _find_image(xml: Path, filename: str | None, path: str | None, dirs: list[Pa
     raise DataFormatError(f"{xml}: filename: image file not found: {dirs[0] / (filename or xml.stem)}")
 
 
+def _object(obj, where: str, w: int, h: int, skip_difficult: bool):
+    """``(name, box or None, difficult)`` of one ``<object>``; the box is None for a
+    difficult object under ``skip_difficult`` (its name still counts as a class)."""
+    name = _text(obj, "name", where)
+    difficult = _text(obj, "difficult", where, required=False)
+    try:
+        difficult = bool(int(float(difficult))) if difficult else False
+    except ValueError:
+        raise DataFormatError(f"{where}: field <difficult> is not a number: {difficult!r}") from None
+    if difficult and skip_difficult:
+        return name, None, True
+    bb = obj.find("bndbox")
+    if bb is None:
+        raise DataFormatError(f"{where}: field <bndbox> is missing")
+    coords = [_number(bb, t, f"{where}.bndbox") for t in ("xmin", "ymin", "xmax", "ymax")]
+    return name, check_box(*coords, w, h, f"{where}.bndbox ({name})"), difficult
+
+
 def read_voc(root: str | os.PathLike, split: str | None = None, img_dir: str | os.PathLike | None = None,
              classes: list[str] | None = None, skip_difficult: bool = False,
-             skip_invalid: bool = False) -> tuple[list[Record], list[str]]:
+             skip_invalid: bool = False,
+             exif_orientation: bool = True) -> tuple[list[Record], list[str]]:
     base = require_path(root, "root", kind="dir")
     ann_dir = base / "Annotations"
     if not ann_dir.is_dir():
@@ -81,7 +104,7 @@ def read_voc(root: str | os.PathLike, split: str | None = None, img_dir: str | o
         xmls = sorted(ann_dir.glob("*.xml"))
     problems = Problems(skip_invalid, str(ann_dir))
 
-    parsed = []
+    parsed, names = [], []
     for xml in xmls:
         try:
             if not xml.is_file():
@@ -103,40 +126,43 @@ def read_voc(root: str | os.PathLike, split: str | None = None, img_dir: str | o
             except (TypeError, ValueError):
                 w = h = 0
             if w <= 0 or h <= 0:
-                w, h = image_size(img)
-            objs = []
+                w, h = image_size(img, exif_orientation)   # as the image is decoded
+            objs, bad = [], 0
             for i, obj in enumerate(ann.findall("object")):
-                where = f"{xml}: object[{i}]"
-                name = _text(obj, "name", where)
-                difficult = _text(obj, "difficult", where, required=False)
-                difficult = bool(int(float(difficult))) if difficult else False
-                if difficult and skip_difficult:
+                try:
+                    name, box, difficult = _object(obj, f"{xml}: object[{i}]", w, h, skip_difficult)
+                except DataFormatError as e:
+                    problems(e, "object")   # skip_invalid: only this object is dropped
+                    bad += 1
                     continue
-                bb = obj.find("bndbox")
-                if bb is None:
-                    raise DataFormatError(f"{where}: field <bndbox> is missing")
-                coords = [_number(bb, t, f"{where}.bndbox") for t in ("xmin", "ymin", "xmax", "ymax")]
-                box = check_box(*coords, w, h, f"{where}.bndbox ({name})")
-                objs.append((name, box, difficult))
+                names.append(name)          # every named object counts, difficult or not
+                if box is not None:
+                    objs.append((i, name, box, difficult))
         except DataFormatError as e:
             problems(e)
             continue
-        parsed.append((xml, img, w, h, objs))
+        parsed.append((xml, img, w, h, objs, bad))
 
-    classes = resolve_classes(classes, [n for *_, objs in parsed for n, _, _ in objs], str(ann_dir))
+    classes = resolve_classes(classes, names, str(ann_dir))
     index = {c: i for i, c in enumerate(classes)}
     records = []
-    for xml, img, w, h, objs in parsed:
-        unknown = [(i, n) for i, (n, _, _) in enumerate(objs) if n not in index]
-        if unknown:
-            i, n = unknown[0]
-            problems(DataFormatError(f"{xml}: object[{i}].name {n!r} is not in classes {classes}"))
+    for xml, img, w, h, objs, bad in parsed:
+        kept = []
+        for i, n, box, d in objs:
+            if n not in index:
+                problems(DataFormatError(f"{xml}: object[{i}].name {n!r} is not in classes {classes}"),
+                         "object")
+                bad += 1
+                continue
+            kept.append((n, box, d))
+        if bad and not kept:
+            problems.dropped("image")   # every object invalid: not known to be normal
             continue
         records.append(Record(
-            img_path=str(img), id=xml.stem, boxes=as_boxes([b for _, b, _ in objs]),
-            labels=as_labels([index[n] for n, _, _ in objs]), is_defective=int(len(objs) > 0),
+            img_path=str(img), id=xml.stem, boxes=as_boxes([b for _, b, _ in kept]),
+            labels=as_labels([index[n] for n, _, _ in kept]), is_defective=int(len(kept) > 0),
             width=w, height=h,
-            meta={"ann_file": str(xml), "difficult": [d for _, _, d in objs]}))
-    problems.report("annotation files")
+            meta={"ann_file": str(xml), "difficult": [d for _, _, d in kept]}))
+    problems.report()
     check_nonempty(records, str(ann_dir) + (f" (split {split!r})" if split else ""), "images")
     return records, classes
