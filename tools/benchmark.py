@@ -19,6 +19,8 @@ from pathlib import Path
 
 from _common import add_cfg_options, load
 
+from defectkit.progress import track
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,16 +103,19 @@ def main(argv=None):
     model, _ = init_model(cfg, args.checkpoint, device)
     params = sum(p.numel() for p in model.parameters())
 
-    # 1. data, timed on its own and kept in memory
+    # 1. data, timed on its own and kept in memory (the split is cycled when it is short)
+    if len(dataset) == 0:
+        sys.exit(f"benchmark: data.{args.split} of {args.config} is empty")
     loader = build_eval_loader(dataset, batch_size=bs, num_workers=0, distributed=False)
     batches, data_times, it = [], [], iter(loader)
-    while len(batches) < warmup + iters:
-        t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            continue
+    for _ in track(range(warmup + iters), desc="benchmark: loading data", unit="batch"):
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+                break
+            except StopIteration:
+                it = iter(loader)
         data_times.append(time.perf_counter() - t0)
         batches.append(to_device(batch, device))
 
@@ -120,7 +125,7 @@ def main(argv=None):
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     per_image, normal, defective, preds = [], [], [], []
     with torch.no_grad():
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(track(batches, desc="benchmark: model calls", unit="call")):
             sync()
             t0 = time.perf_counter()
             results = model.predict(batch)
@@ -226,7 +231,8 @@ def fit_benchmark(cfg, args) -> int:
             n = int(batch["image"].shape[0])
             times = []
             with torch.no_grad():
-                for i in range((args.warmup or 1) + (args.iters or 5)):
+                calls = (args.warmup or 1) + (args.iters or 5)
+                for i in track(range(calls), desc=f"benchmark: batch {n}", unit="call"):
                     t1 = time.perf_counter()
                     model.predict(batch)
                     if i >= (args.warmup or 1):
@@ -264,4 +270,6 @@ def _rss_mb() -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _common import run_main
+
+    run_main(main)

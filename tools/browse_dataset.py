@@ -12,6 +12,8 @@ from pathlib import Path
 
 from _common import add_cfg_options, load, pipeline_norm
 
+from defectkit.progress import track
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +43,7 @@ def main(argv=None):
     mean, std = (None, None) if args.original else pipeline_norm(dataset.pipeline)
     drawn = []
     stop = min(len(dataset), args.start + args.num)
-    for i in range(args.start, stop):
+    for i in track(range(args.start, stop), desc=f"browse {args.split}", unit="img"):
         sample = dataset.load_sample(i) if args.original else dataset[i]
         img = draw_sample(sample, dataset.classes, mean, std)
         img.save(out_dir / f"{i:05d}.png")
@@ -54,4 +56,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _common import run_main
+
+    run_main(main)

@@ -23,14 +23,34 @@ A metric a model does not report (mAP of a classifier) is ``n/a``.
 Small models on small sets vary a lot from run to run; ``--seeds 0 1 2`` trains every config
 once per seed (work dirs ``<stem>_seed<N>``), prints the per-run table and then one with
 mean ± sample std per config.
+
+``--cfg-options KEY=VALUE ...`` applies to every config (and is passed on to train.py and
+test.py). A result is only reused when it was made with the same settings: compare writes
+``config_hash`` (SHA-256 of the resolved config, seed included, without the keys in
+HASH_EXCLUDES that do not change a result: work dir, device, data loader workers, logging,
+checkpoint keeping, benchmark settings, test overlays) into every ``metrics.json`` it
+writes, and compares a checkpoint through the config stored in it. When they differ:
+
+- metrics made with other settings, checkpoint made with these: re-tested (cheap);
+- checkpoint trained with other settings: compare stops with one line naming the keys that
+  differ, so that a trained checkpoint is never overwritten by surprise; ``--retrain``
+  retrains exactly those configs (``--train`` retrains all), ``--work-root DIR`` keeps both;
+- results from before config hashes were stored: reused with a note (cannot be checked).
 """
 import argparse
+import copy
+import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import add_cfg_options
+
+from defectkit.progress import track
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -45,6 +65,13 @@ FAMILY_COLUMNS = {
 }
 
 
+# dotted keys of a resolved config that do not change a result: where and how fast it runs,
+# what is logged or kept on disk; everything else (model, data, schedule, seed ...) counts
+HASH_EXCLUDES = ("work_dir", "device", "data.num_workers", "train.log_interval", "train.tensorboard",
+                 "train.progress", "train.checkpoint_interval", "train.max_keep_ckpts",
+                 "train.find_unused_parameters", "benchmark", "evaluation.num_overlays")
+
+
 def family(metrics: dict) -> str:
     """Which table a result goes to: segmentation when it has mIoU, else detection."""
     return "segmentation" if "mIoU" in metrics else "detection"
@@ -54,12 +81,16 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="+", metavar="CONFIG")
     p.add_argument("--train", action="store_true", help="(re)train and test every config")
+    p.add_argument("--retrain", action="store_true",
+                   help="retrain (and test) the configs whose stored checkpoint was trained with other "
+                        "settings (default: stop and say which keys differ)")
     p.add_argument("--work-root", default="work_dirs", help="parent of the work dirs (default work_dirs)")
     p.add_argument("--device", help="passed to tools/train.py and tools/test.py")
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="train and test each config once per seed (work dirs <stem>_seed<SEED>) and "
                         "report mean ± std over the seeds, after the per-run table")
     p.add_argument("--out", help="also write the Markdown table to this file")
+    add_cfg_options(p)
     return p.parse_args(argv)
 
 
@@ -72,33 +103,133 @@ def run(cmd) -> None:
     print(f"[compare] done in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-def loads_own_weights(config: str) -> bool:
+def resolved_config(config: str, cfg_options=None, seed: int | None = None) -> dict:
+    """The config as tools/train.py resolves it (bases, ``--cfg-options``, ``--seed``);
+    a bad option exits with a ``config error:`` line."""
+    from defectkit.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, list(cfg_options) if cfg_options else None, validate=False)
+    except ConfigError as e:
+        sys.exit(f"config error: {config}: {e}")
+    if seed is not None:
+        cfg["seed"] = seed
+    return cfg
+
+
+def _comparable(cfg: dict) -> dict:
+    """``cfg`` without HASH_EXCLUDES, with the trainer's normalisations (``deterministic``
+    false when unset; no ``seed`` when none is set, as the trainer then draws one)."""
+    cfg = copy.deepcopy(cfg)
+    for dotted in HASH_EXCLUDES:
+        *parents, last = dotted.split(".")
+        node = cfg
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    cfg["deterministic"] = bool(cfg.get("deterministic"))
+    if cfg.get("seed") is None:
+        cfg.pop("seed", None)
+    return cfg
+
+
+def config_hash(cfg: dict) -> str:
+    """16 hex digits of the SHA-256 of the resolved config without HASH_EXCLUDES
+    (canonical JSON: sorted keys), equal for equal settings."""
+    text = json.dumps(_comparable(cfg), sort_keys=True, default=str, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_diff(a: dict, b: dict, limit: int = 3) -> str:
+    """The first ``limit`` dotted keys whose values differ, ``key: A != B``."""
+    out: list[str] = []
+
+    def walk(x, y, path):
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y), key=str):
+                walk(x.get(k, "<unset>"), y.get(k, "<unset>"), f"{path}.{k}" if path else str(k))
+        elif x != y:
+            out.append(f"{path}: {json.dumps(x, default=str)[:40]} != {json.dumps(y, default=str)[:40]}")
+
+    walk(_comparable(a), _comparable(b), "")
+    more = f" (+{len(out) - limit} more)" if len(out) > limit else ""
+    return "; ".join(out[:limit]) + more
+
+
+def checkpoint_config(ckpt: Path) -> dict | None:
+    """The resolved config stored in a defectkit checkpoint (None when it has none)."""
+    from defectkit.engine.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        obj = load_checkpoint(ckpt)
+    except CheckpointError as e:
+        sys.exit(f"compare: {e}")
+    cfg = (obj.get("meta") or {}).get("config") if isinstance(obj, dict) else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def loads_own_weights(config: str | dict) -> bool:
     """The two-model baseline loads its parts' checkpoints: it is tested, never trained."""
     import defectkit  # noqa: F401  (registers the models)
     from defectkit.config import load_config
     from defectkit.engine.builders import loads_own_weights as model_loads_own_weights
 
-    return model_loads_own_weights(load_config(config, validate=False).get("model") or {})
+    cfg = config if isinstance(config, dict) else load_config(config, validate=False)
+    return model_loads_own_weights(cfg.get("model") or {})
+
+
+def stamp(metrics_path: Path, digest: str) -> None:
+    """Store ``config_hash`` (and what it leaves out) in the metrics.json tools/test.py wrote."""
+    record = json.loads(metrics_path.read_text())
+    record["config_hash"] = digest
+    record["config_hash_excludes"] = list(HASH_EXCLUDES)
+    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, metrics_path)
 
 
 def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None = None,
-                   seed: int | None = None) -> dict:
-    """metrics of ``config`` (with ``seed``: of its run ``<stem>_seed<seed>``): reused,
-    tested, or trained then tested."""
+                   seed: int | None = None, cfg_options=None, retrain: bool = False) -> dict:
+    """metrics of ``config`` (with ``seed``: of its run ``<stem>_seed<seed>``): reused when
+    made with the same settings (config hash), else tested, or trained then tested."""
     stem = Path(config).stem
     work_dir = work_root / (stem if seed is None else f"{stem}_seed{seed}")
     metrics_path = work_dir / "test" / "metrics.json"
     ckpt = work_dir / "latest.pth"
+    cfg = resolved_config(config, cfg_options, seed)
+    want = config_hash(cfg)
+    own_weights = loads_own_weights(cfg)    # e.g. two-model: tested from its parts' checkpoints
+    do_test = train or not metrics_path.is_file()
+    do_train = not own_weights and (train or not ckpt.is_file())
+    if not do_test:
+        have = json.loads(metrics_path.read_text()).get("config_hash")
+        if have is None:
+            print(f"[compare] reusing {metrics_path} (written before compare stored config hashes: "
+                  f"its settings cannot be checked; --train retrains)")
+        elif have != want:
+            print(f"[compare] {metrics_path} was made with other settings (config hash {have} != {want}); re-testing")
+            do_test = True
+        else:
+            print(f"[compare] reusing {metrics_path} (same config hash {want}; --train retrains)")
+    if do_test and not do_train and not own_weights:
+        stored = checkpoint_config(ckpt)
+        if stored is not None and config_hash(stored) != want:
+            if not retrain:
+                sys.exit(f"compare: {ckpt} was trained with other settings than {Path(config).name}"
+                         f"{' + --cfg-options' if cfg_options else ''} ({config_diff(stored, cfg)}); "
+                         f"pass --retrain to retrain it (overwrites {work_dir}), or --work-root DIR to keep both")
+            print(f"[compare] {ckpt} was trained with other settings ({config_diff(stored, cfg)}); retraining")
+            do_train = True
+    opts = ["--cfg-options", *cfg_options] if cfg_options else []
     dev = ["--device", device] if device else []
-    if train or not metrics_path.is_file():
-        own_weights = loads_own_weights(config)    # e.g. two-model: tested from its parts' checkpoints
-        if not own_weights and (train or not ckpt.is_file()):
-            seed_arg = [] if seed is None else ["--seed", str(seed)]
-            run([PY, ROOT / "tools/train.py", config, "--work-dir", work_dir, *seed_arg, *dev])
+    if do_train:
+        seed_arg = [] if seed is None else ["--seed", str(seed)]
+        run([PY, ROOT / "tools/train.py", config, "--work-dir", work_dir, *seed_arg, *dev, *opts])
+    if do_test:
         run([PY, ROOT / "tools/test.py", config, *([] if own_weights else [ckpt]),
-             "--out-dir", work_dir / "test", *dev])
-    else:
-        print(f"[compare] reusing {metrics_path} (--train retrains)")
+             "--out-dir", work_dir / "test", *dev, *opts])
+        stamp(metrics_path, want)
     record = json.loads(metrics_path.read_text())
     metrics = dict(record["metrics"])
     if "params" in record:                     # tools/test.py stores the parameter count
@@ -156,17 +287,21 @@ def main(argv=None):
     if missing:
         sys.exit(f"compare: config not found: {', '.join(missing)}")
     configs = [Path(c).resolve() if Path(c).is_file() else ROOT / c for c in args.configs]
+    opts = dict(cfg_options=args.cfg_options, retrain=args.retrain)
     if not args.seeds:
-        rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device)) for c in configs]
+        rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device, **opts))
+                for c in track(configs, desc="compare", unit="config")]
         out = tables(rows)
     else:
+        # a model that loads its parts' weights (two-model) has no seed of its own
+        jobs = [(c, s) for c in configs for s in ([None] if loads_own_weights(str(c)) else args.seeds)]
+        done = {(c, s): ensure_metrics(str(c), work_root, args.train, args.device, s, **opts)
+                for c, s in track(jobs, desc="compare", unit="run")}
         runs, means = [], []
         for c in configs:
-            # a model that loads its parts' weights (two-model) has no seed of its own
-            seeds = [None] if loads_own_weights(str(c)) else args.seeds
-            per_seed = [ensure_metrics(str(c), work_root, args.train, args.device, s) for s in seeds]
-            runs += [(c.stem if s is None else f"{c.stem} (seed {s})", m) for s, m in zip(seeds, per_seed)]
-            means.append((f"{c.stem} (n={len(seeds)})", aggregate(per_seed)))
+            per = [(s, m) for (cc, s), m in done.items() if cc == c]
+            runs += [(c.stem if s is None else f"{c.stem} (seed {s})", m) for s, m in per]
+            means.append((f"{c.stem} (n={len(per)})", aggregate([m for _, m in per])))
         out = (tables(runs) + f"\n\nMean ± sample std over seeds {' '.join(map(str, args.seeds))}:\n\n"
                + tables(means))
     print("\n" + out)
@@ -177,4 +312,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _common import run_main
+
+    run_main(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...progress import track
 from . import writers as W
 from .painters import Canvas
 from .presets import PRESETS, Preset
@@ -274,14 +275,15 @@ def generate(preset: str, out, num_images: int | None = None, normal_ratio: floa
 
     if workers == 1 or n < 8:
         _init_worker(cfg)
-        records = [_work(j) for j in jobs]
+        records = [_work(j) for j in track(jobs, desc=f"make_synth {p.name}", unit="img")]
     else:
         import multiprocessing as mp
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         chunk = max(1, min(16, n // (workers * 8)))
         with ctx.Pool(min(workers, n), initializer=_init_worker,
                       initargs=(cfg, True)) as pool:
-            records = list(pool.imap(_work, jobs, chunksize=chunk))
+            records = list(track(pool.imap(_work, jobs, chunksize=chunk), total=n,
+                                 desc=f"make_synth {p.name}", unit="img"))
 
     classes = p.classes
     for s in ("train", "test"):

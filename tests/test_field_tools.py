@@ -1,0 +1,105 @@
+"""What a new user missed (issue 10, item 8): compare's --cfg-options and config hash,
+PaDiM's few-image calibration warning, export --check's verdict, plot_logs' curves and
+ticks, progress on the long loops of benchmark / browse_dataset / make_synth."""
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers_toy import toy_config
+from helpers_tools import tool
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- compare
+def _fake_runner(calls):
+    """compare's ``run`` with tools/train.py in-process (a real training, so the checkpoint
+    holds the trainer's resolved config) and tools/test.py replaced by a metrics.json writer."""
+    def run(cmd):
+        cmd = [str(c) for c in cmd]
+        calls.append(cmd)
+        if cmd[1].endswith("train.py"):
+            assert tool("train").main(cmd[2:]) is None
+        else:
+            out = Path(cmd[cmd.index("--out-dir") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            ckpt = torch.load(cmd[3], weights_only=True)
+            epochs = ckpt["meta"]["config"]["train"]["epochs"]
+            (out / "metrics.json").write_text(json.dumps({"metrics": {"mAP": epochs / 10}}))
+    return run
+
+
+def test_compare_cfg_options_and_config_hash(tmp_path, monkeypatch, capsys):
+    cmp_tool = tool("compare")
+    cfg = toy_config(train={"epochs": 1})
+    cfg["data"]["test"] = cfg["data"]["val"]
+    cfg_path = tmp_path / "toy.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    calls = []
+    monkeypatch.setattr(cmp_tool, "run", _fake_runner(calls))
+    work = tmp_path / "work"
+    base = [str(cfg_path), "--work-root", str(work), "--out", str(tmp_path / "t.md")]
+    metrics = work / "toy" / "test" / "metrics.json"
+    ckpt = work / "toy" / "latest.pth"
+
+    # 1. trains with the option (train.py gets it) and stamps the result with the hash
+    cmp_tool.main(base + ["--cfg-options", "train.epochs=2"])
+    assert [c[1].rsplit("/", 1)[-1] for c in calls] == ["train.py", "test.py"]
+    assert calls[0][-2:] == ["--cfg-options", "train.epochs=2"]
+    rec = json.loads(metrics.read_text())
+    stored = cmp_tool.checkpoint_config(ckpt)
+    assert stored["train"]["epochs"] == 2
+    # the trainer's stored config hashes to what compare computes from the YAML + options
+    want = cmp_tool.config_hash(cmp_tool.resolved_config(str(cfg_path), ["train.epochs=2"]))
+    assert rec["config_hash"] == cmp_tool.config_hash(stored) == want
+    assert "work_dir" in rec["config_hash_excludes"]
+
+    # 2. same settings (a log/worker option is not a setting): reused, nothing runs
+    calls.clear()
+    cmp_tool.main(base + ["--cfg-options", "train.epochs=2", "train.log_interval=7", "data.num_workers=0"])
+    assert calls == []
+    assert "| toy | 0.200 |" in (tmp_path / "t.md").read_text()
+
+    # 3. other settings: the old metrics are not reused; the checkpoint is not overwritten
+    #    by surprise: one line naming the key that differs and the way out
+    mtime = ckpt.stat().st_mtime_ns
+    with pytest.raises(SystemExit) as e:
+        cmp_tool.main(base)                                  # the YAML says epochs: 1
+    msg = str(e.value)
+    assert "\n" not in msg and "train.epochs: 2 != 1" in msg and "--retrain" in msg and str(ckpt) in msg
+    assert ckpt.stat().st_mtime_ns == mtime and calls == []
+
+    # 4. --retrain retrains that config with the config's settings and re-stamps
+    cmp_tool.main(base + ["--retrain"])
+    assert [c[1].rsplit("/", 1)[-1] for c in calls] == ["train.py", "test.py"]
+    assert cmp_tool.checkpoint_config(ckpt)["train"]["epochs"] == 1
+    assert json.loads(metrics.read_text())["config_hash"] == cmp_tool.config_hash(
+        cmp_tool.resolved_config(str(cfg_path)))
+    assert "| toy | 0.100 |" in (tmp_path / "t.md").read_text()
+
+    # 5. metrics written with other settings but a checkpoint made with these: re-tested only
+    rec = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps(dict(rec, config_hash="0" * 16)))
+    calls.clear()
+    cmp_tool.main(base)
+    assert [c[1].rsplit("/", 1)[-1] for c in calls] == ["test.py"]
+
+    # 6. a bad option is a one-line config error
+    with pytest.raises(SystemExit) as e:
+        cmp_tool.main(base + ["--cfg-options", "train.epochs"])
+    assert str(e.value).startswith("config error:")
+
+
+def test_config_hash_ignores_runtime_keys_only(tmp_path):
+    cmp_tool = tool("compare")
+    cfg = toy_config()
+    h = cmp_tool.config_hash(cfg)
+    same = toy_config(work_dir="elsewhere", device="cuda", train={"log_interval": 50, "progress": True},
+                      data={"num_workers": 4}, benchmark={"iters": 3})
+    assert cmp_tool.config_hash(same) == h
+    for other in (toy_config(seed=1), toy_config(optimizer={"lr": 0.1}), toy_config(data={"batch_size": 4})):
+        assert cmp_tool.config_hash(other) != h
