@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,16 +18,95 @@ CFG_OPTIONS_HELP = (
 def add_cfg_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help=CFG_OPTIONS_HELP)
+    add_debug(parser)
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    """Document ``--debug`` (run_main acts on it before the parser runs)."""
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: DEFECTKIT_DEBUG=1)")
 
 
 def load(args) -> dict:
-    """Load args.config with --cfg-options; exit with the config error message (no traceback)."""
-    from defectkit.config import ConfigError, load_config
+    """Load args.config with --cfg-options (a ``ConfigError`` becomes one line under run_main)."""
+    from defectkit.config import load_config
 
+    return load_config(args.config, args.cfg_options)
+
+
+DEBUG_ENV = "DEFECTKIT_DEBUG"
+
+
+def _user_error_kind(exc: BaseException) -> str | None:
+    """``"config"``, ``"checkpoint"``, ... for an error the user can fix from its message
+    alone (a bad config, file, checkpoint or work dir); None for anything else (a bug)."""
+    import errno
+
+    kinds: list[tuple[type, str]] = []
     try:
-        return load_config(args.config, args.cfg_options)
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
+        from defectkit.config import ConfigError
+        from defectkit.data.formats.common import DataFormatError
+        from defectkit.engine.checkpoint import CheckpointError
+        from defectkit.engine.losses import NonFiniteLossError
+        from defectkit.engine.workdir import WorkDirError
+        from defectkit.models.backbones import PretrainedWeightsError
+        kinds = [(ConfigError, "config"), (CheckpointError, "checkpoint"), (DataFormatError, "data"),
+                 (WorkDirError, "work dir"), (PretrainedWeightsError, "weights"),
+                 (NonFiniteLossError, "training")]
+    except ImportError:      # defectkit itself does not import: that is no user error
+        pass
+    for cls, kind in kinds:
+        if isinstance(exc, cls):
+            return kind
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return "file"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+        return "file"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc``; for an error re-raised from a DataLoader worker (whose message
+    holds the worker's traceback) the original message only."""
+    msg = str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror and str(exc.filename) not in msg:
+        msg = f"{exc.filename}: {exc.strerror}"
+    if "Original Traceback" in msg:
+        last = [l for l in msg.splitlines() if l.strip()][-1]
+        prefix = f"{type(exc).__name__}: "
+        msg = last.split(prefix, 1)[1] if prefix in last else last
+    return msg.strip() or type(exc).__name__
+
+
+def run_main(main) -> None:
+    """Run a tool's ``main()`` as a program: an expected user error (bad config, data file,
+    checkpoint, missing file, unwritable or locked work dir) prints ONE line
+    ``<kind> error: <message>`` on stderr and exits 2, as does ``sys.exit("message")``;
+    Ctrl-C exits 130. ``--debug`` anywhere on the command line (removed before ``main``
+    parses it) or ``DEFECTKIT_DEBUG=1`` shows the full traceback instead."""
+    if "--debug" in sys.argv[1:]:
+        sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a != "--debug"]
+        os.environ[DEBUG_ENV] = "1"          # tools started by this one (compare, demo) inherit it
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    try:
+        code = main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            sys.exit(2)
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below
+        kind = _user_error_kind(e)
+        if kind is None or debug:
+            raise
+        print(f"{kind} error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
 
 
 def pipeline_norm(pipeline):
@@ -39,10 +119,12 @@ def pipeline_norm(pipeline):
 
 
 def result_names(cfg: dict, result, classes):
-    """Display names for a result's class indices."""
+    """Display names for a result's class indices: an image-level label (a result with one
+    ``label`` over per-class ``scores``) is named after the model's ``target`` ("normal" /
+    "defective" for ``is_defective``); boxes, masks and maps use the dataset's ``classes``."""
     from defectkit.structures import class_names_for
 
     scores = getattr(result, "scores", None)
-    if scores is None:
+    if scores is None or getattr(result, "label", None) is None:
         return classes
     return class_names_for(cfg["model"].get("target", "is_defective"), len(scores), classes)

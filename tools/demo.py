@@ -109,4 +109,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _common import run_main
+
+    run_main(main)

@@ -91,4 +91,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _common import run_main
+
+    run_main(main)

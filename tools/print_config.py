@@ -18,4 +18,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from _common import run_main
+
+    run_main(main)

@@ -137,4 +137,6 @@ def show(dataset, results, cfg, classes, out_dir, n):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _common import run_main
+
+    run_main(main)

@@ -141,19 +141,35 @@ def init_model(cfg: dict, checkpoint: str | None = None, device: str | torch.dev
                strict: bool = True) -> tuple[torch.nn.Module, dict]:
     """A model for inference: built from ``cfg['model']`` with the classes stored in the
     checkpoint (else the config's test/val dataset is not opened: ``cfg['classes']``),
-    weights loaded, moved to ``device`` and put in eval mode. Returns ``(model, meta)``."""
-    from .checkpoint import extract_state_dict, load_checkpoint, load_state_dict
+    weights loaded, moved to ``device`` and put in eval mode. Returns ``(model, meta)``.
+
+    Errors (``CheckpointError``, naming the file): the file cannot be read or is not a
+    checkpoint; it was saved from another model type than ``cfg['model']['type']``
+    (checked before the model is built; skipped with ``strict=False``); with ``strict``,
+    its weights do not match. A checkpoint holding NaN/Inf tensors loads with a
+    ``RuntimeWarning`` naming them."""
+    import warnings
+
+    from .checkpoint import (check_model_type, describe_nonfinite, extract_state_dict, load_checkpoint,
+                             load_state_dict, nonfinite_tensors)
 
     meta: dict = {}
     ckpt = None
     if checkpoint is not None:
         ckpt = load_checkpoint(checkpoint, map_location="cpu")
-        meta = ckpt.get("meta") or {} if isinstance(ckpt, dict) else {}
+        if strict:
+            check_model_type(ckpt, cfg["model"].get("type"), str(checkpoint), "testing or inference")
+        meta = ckpt.get("meta") or {}
     classes = meta.get("classes") or cfg.get("classes")
     model = build_model(cfg["model"], classes)
     if ckpt is not None:
-        load_state_dict(model, extract_state_dict(ckpt, str(checkpoint)), strict=strict,
-                        source=str(checkpoint))
+        state = extract_state_dict(ckpt, str(checkpoint))
+        bad = nonfinite_tensors(state)
+        if bad:
+            warnings.warn(f"{checkpoint}: {describe_nonfinite(bad, len(state))}: its predictions will be "
+                          f"NaN or meaningless (the training diverged); use an earlier checkpoint",
+                          RuntimeWarning, stacklevel=2)
+        load_state_dict(model, state, strict=strict, source=str(checkpoint))
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev).eval()

@@ -14,7 +14,10 @@ so ``torch.load(..., weights_only=True)`` reads it)::
 
 A file is first written to ``.<name>.tmp-<pid>`` in the same directory, flushed and
 fsynced, then ``os.replace``-d onto its final name, so a crash or a kill leaves either
-the old file or the new one, never a half-written file under a final name.
+the old file or the new one, never a half-written file under a final name (a kill
+leaves the temp file; :func:`remove_stale_temp_files` clears them when a run starts).
+A checkpoint whose weights or buffers hold NaN/Inf is never written
+(:class:`NonFiniteCheckpointError`). The model type is the one of ``meta.config.model.type``.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import datetime as _dt
 import os
 import pickle
 import platform
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +45,10 @@ class CheckpointError(RuntimeError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     pass
+
+
+class NonFiniteCheckpointError(CheckpointError):
+    """A checkpoint would hold NaN/Inf weights or buffers, so it was not written."""
 
 
 # ----------------------------------------------------------------------------- writing
@@ -67,8 +75,15 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+    """Write ``checkpoint`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+
+    Raises :class:`NonFiniteCheckpointError` (nothing written) when any floating-point
+    tensor of ``checkpoint["state_dict"]`` (parameters and buffers) holds NaN or Inf.
+    """
     path = Path(path)
+    bad = nonfinite_tensors(checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None)
+    if bad:
+        raise NonFiniteCheckpointError(f"{path}: not written: {describe_nonfinite(bad)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
@@ -117,32 +132,100 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def update_latest(work_dir: str | os.PathLike, ckpt_path: str | os.PathLike) -> None:
-    """Point ``latest.pth`` and ``last_checkpoint`` at ``ckpt_path`` (a file in ``work_dir``)."""
+    """Point ``last_checkpoint`` and then ``latest.pth`` at ``ckpt_path`` (a complete file).
+
+    The pointer is written first: a kill between the two steps leaves the pointer on the
+    newest complete file and ``latest.pth`` one save behind, which
+    :func:`repair_latest` (run when training starts) and :func:`find_latest_checkpoint`
+    both resolve to the newest file.
+    """
     work_dir, ckpt_path = Path(work_dir), Path(ckpt_path)
-    link_or_copy(ckpt_path, work_dir / LATEST)
     name = ckpt_path.name if ckpt_path.parent.resolve() == work_dir.resolve() else str(ckpt_path.resolve())
     _write_text_atomic(work_dir / LAST_CHECKPOINT, name + "\n")
+    link_or_copy(ckpt_path, work_dir / LATEST)
+
+
+def _pointer_target(work_dir: Path) -> Path | None:
+    marker = work_dir / LAST_CHECKPOINT
+    try:
+        name = marker.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not name:
+        return None
+    p = Path(name)
+    p = p if p.is_absolute() else work_dir / p
+    return p if p.is_file() else None
+
+
+def _position(path: Path) -> tuple[int, int] | None:
+    """``(iter, epoch)`` stored in a checkpoint's meta; None when it cannot be read."""
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("meta") or {}
+        return int(meta.get("iter", -1)), int(meta.get("epoch", -1))
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a candidate
+        return None
+
+
+def _newest(work_dir: Path) -> tuple[Path | None, Path | None, Path | None]:
+    """(newest readable checkpoint, pointer target, latest.pth) of ``work_dir``."""
+    target, latest = _pointer_target(work_dir), work_dir / LATEST
+    latest = latest if latest.is_file() else None
+    if target is None or latest is None or os.path.samefile(target, latest):
+        return target or latest, target, latest
+    pos_t, pos_l = _position(target), _position(latest)
+    if pos_t is None and pos_l is None:
+        return target, target, latest
+    newest = latest if pos_t is None or (pos_l is not None and pos_l > pos_t) else target
+    return newest, target, latest
 
 
 def find_latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``work_dir/last_checkpoint``, else ``latest.pth``, else None."""
+    """The newest of the file named by ``work_dir/last_checkpoint`` and ``latest.pth``
+    (by the iteration stored in each; the named file on a tie), or None when neither exists."""
+    return _newest(Path(work_dir))[0]
+
+
+def repair_latest(work_dir: str | os.PathLike) -> str | None:
+    """Make ``last_checkpoint`` and ``latest.pth`` name the same, newest checkpoint (after a
+    run was killed between updating the two). Returns a note of what changed, or None."""
     work_dir = Path(work_dir)
-    marker = work_dir / LAST_CHECKPOINT
-    if marker.is_file():
-        name = marker.read_text(encoding="utf-8").strip()
-        if name:
-            p = Path(name)
-            p = p if p.is_absolute() else work_dir / p
-            if p.is_file():
-                return p
-    latest = work_dir / LATEST
-    return latest if latest.is_file() else None
+    newest, target, latest = _newest(work_dir)
+    if newest is None or (target is not None and latest is not None and newest == target
+                          and os.path.samefile(target, latest)):
+        return None
+    if newest == target:
+        update_latest(work_dir, target)
+        return f"latest.pth lagged {LAST_CHECKPOINT}: repointed it to {target.name}"
+    if target is not None:   # latest.pth is newer than the pointer: name it
+        same = [p for p in work_dir.glob("*.pth") if p.name != LATEST and os.path.samefile(p, newest)]
+        _write_text_atomic(work_dir / LAST_CHECKPOINT, (same[0].name if same else LATEST) + "\n")
+        return f"{LAST_CHECKPOINT} lagged latest.pth: now names {same[0].name if same else LATEST}"
+    return None
+
+
+_TMP_RE = re.compile(r"^\..+\.tmp-\d+$")
+
+
+def remove_stale_temp_files(work_dir: str | os.PathLike) -> list[str]:
+    """Delete the ``.<name>.tmp-<pid>`` files that killed saves left in ``work_dir`` (call it
+    only while holding the work dir's lock: no other run is writing there). Returns
+    ``"name (N MB)"`` for each file removed."""
+    removed = []
+    for p in sorted(Path(work_dir).glob(".*.tmp-*")):
+        if _TMP_RE.match(p.name) and p.is_file():
+            size = p.stat().st_size
+            p.unlink(missing_ok=True)
+            removed.append(f"{p.name} ({size / 2**20:.1f} MB)")
+    return removed
 
 
 # ----------------------------------------------------------------------------- reading
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu",
                     weights_only: bool = True) -> dict:
-    """``torch.load`` with errors that name the file.
+    """``torch.load`` of a checkpoint dict; every failure is a :class:`CheckpointError`
+    naming the file (missing: :class:`CheckpointNotFoundError`; text, truncated or corrupt
+    file; objects ``weights_only`` refuses; a file that holds something other than a dict).
 
     ``weights_only=True`` (the default) is enough for every checkpoint defectkit writes;
     pass ``False`` only for a trusted file that holds other pickled objects.
@@ -162,10 +245,56 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu",
         detail = msg.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if msg else ""
         raise CheckpointError(f"{path}: corrupt, truncated or not a PyTorch checkpoint "
                               f"(UnpicklingError: {detail})") from e
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. KeyError from a text file, any torch.load failure
+        first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(f"{path}: corrupt, truncated or not a PyTorch checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+                              f"({type(e).__name__}: {first})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a checkpoint: holds a {type(obj).__name__}, expected a dict "
+                              f"(a defectkit checkpoint or a state dict)")
     return obj
+
+
+def checkpoint_model_type(ckpt: dict) -> str | None:
+    """The model ``type`` in the config stored in a defectkit checkpoint's meta (None for
+    other files, e.g. a torchvision state dict)."""
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    config = meta.get("config") if isinstance(meta, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    model_type = model.get("type") if isinstance(model, dict) else None
+    return model_type if isinstance(model_type, str) else None
+
+
+def check_model_type(ckpt: dict, model_type: str | None, source: str, use: str) -> None:
+    """Raise :class:`CheckpointError` when ``ckpt`` was saved from another model type than
+    ``model_type`` (the config's ``model.type``); ``use`` names what it was given to."""
+    stored = checkpoint_model_type(ckpt)
+    if stored is not None and model_type is not None and stored != model_type:
+        raise CheckpointError(f"{source}: a checkpoint of model type '{stored}', but the config's "
+                              f"model.type is '{model_type}': {use} needs a checkpoint of the "
+                              f"same model type (give the config it was trained with)")
+
+
+def nonfinite_tensors(state_dict: dict | None) -> dict[str, str]:
+    """``{name: "nan" | "inf" | "nan+inf"}`` for every floating-point tensor of
+    ``state_dict`` that holds NaN or +-Inf (empty when all are finite)."""
+    bad = {}
+    for k, v in (state_dict or {}).items():
+        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()):
+            if not bool(torch.isfinite(v).all()):
+                kinds = [n for n, m in (("nan", torch.isnan(v)), ("inf", torch.isinf(v))) if bool(m.any())]
+                bad[k] = "+".join(kinds)
+    return bad
+
+
+def describe_nonfinite(bad: dict[str, str], total: int | None = None) -> str:
+    """One line about :func:`nonfinite_tensors`' result, e.g. ``2 tensors hold NaN/Inf: bn.running_var (inf), ...``."""
+    shown = ", ".join(f"{k} ({v})" for k, v in list(bad.items())[:8])
+    more = f", ... ({len(bad)} in all)" if len(bad) > 8 else ""
+    of = f" of {total}" if total is not None else ""
+    return f"{len(bad)}{of} tensors hold NaN/Inf: {shown}{more}"
 
 
 def extract_state_dict(ckpt: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -186,6 +315,13 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)   # "name: ckpt shape vs model shape"
+    matched: int = 0        # model tensors loaded from the file
+    total: int = 0          # model tensors (parameters and buffers)
+
+    @property
+    def share(self) -> float:
+        """matched / total (1.0 for a model without tensors)."""
+        return self.matched / self.total if self.total else 1.0
 
     @property
     def clean(self) -> bool:
@@ -229,6 +365,8 @@ def load_state_dict(model: torch.nn.Module, state_dict: dict, strict: bool = Tru
             del state_dict[k]
     report.missing = [k for k in own if k not in state_dict and k not in skipped]
     report.unexpected = [k for k in state_dict if k not in own]
+    report.total = len(own)
+    report.matched = sum(1 for k in own if k in state_dict)
     if strict and not report.clean:
         raise CheckpointError(f"{source}: weights do not match the model: {report}")
     model.load_state_dict(state_dict, strict=False)

@@ -38,6 +38,7 @@ class TrainSettings:
     tensorboard: bool = False
     progress: bool = True           # progress bar on a terminal (plain lines otherwise)
     find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient in a step
+    load_from_min_match: float = 0.0  # load_from fails when no tensor, or under this share, matches
 
 
 @dataclass
@@ -73,6 +74,10 @@ def training_settings(cfg: dict) -> tuple[TrainSettings, DataSettings]:
         if not isinstance(v, int) or v < 0 or (name == "log_interval" and v == 0):
             raise ConfigError(f"train.{name}: must be a {'positive' if name == 'log_interval' else 'non-negative'} "
                               f"integer, got {v!r}")
+    share = train.load_from_min_match
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ConfigError(f"train.load_from_min_match: must be a number in [0, 1], "
+                          f"got {train.load_from_min_match!r}")
     if train.grad_clip is not None and not train.grad_clip > 0:
         raise ConfigError(f"train.grad_clip: must be > 0 or null, got {train.grad_clip!r}")
     if not isinstance(data.batch_size, int) or data.batch_size <= 0:

@@ -21,6 +21,7 @@ import math
 import re
 import time
 import warnings
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,11 @@ from . import distributed as dist_utils
 from .builders import (build_dataset, build_eval_loader, build_evaluator, build_model,
                        build_train_loader, dataset_classes, iters_per_epoch)
 from .fitting import fit_model
-from .checkpoint import (CheckpointError, CheckpointNotFoundError, extract_state_dict,
+from .checkpoint import (CheckpointError, CheckpointNotFoundError, NonFiniteCheckpointError,
+                         check_model_type, checkpoint_model_type, describe_nonfinite, extract_state_dict,
                          find_latest_checkpoint, link_or_copy, load_checkpoint, load_state_dict,
-                         make_checkpoint, make_meta, save_checkpoint, update_latest)
+                         make_checkpoint, make_meta, nonfinite_tensors, remove_stale_temp_files,
+                         repair_latest, save_checkpoint, update_latest)
 from .inference import run_inference
 from .logger import (ProgressBar, ScalarWriter, close_logger, collect_env, flat_scalars, format_env,
                      format_eta, memory_mb, setup_logger)
@@ -48,6 +51,7 @@ from .runtime import default_work_dir, resolve_device
 from .sampler import TrainSampler
 from .seeding import get_rng_state, preserved_rng, random_seed, set_rng_state, set_seed
 from .settings import training_settings
+from .workdir import WorkDirError, WorkDirLock, make_work_dir
 
 
 @dataclass
@@ -101,6 +105,48 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = resolve_device(req_device, self.local_rank)
 
+        # -- the work dir: created and locked by rank 0 before anything reads or writes it
+        self._lock: WorkDirLock | None = None
+        self._take_work_dir()
+        try:
+            self._setup(cfg, resume, load_from, seed, deterministic)
+        except BaseException:
+            self._release_work_dir()
+            raise
+
+    def _take_work_dir(self) -> None:
+        """Rank 0 creates and locks the work dir, removes the temp files of killed saves and
+        re-aligns ``latest.pth`` / ``last_checkpoint``; every rank raises if that failed."""
+        self._start_notes: list[str] = []
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                make_work_dir(self.work_dir)
+                self._lock = WorkDirLock(self.work_dir).acquire()
+                weakref.finalize(self, self._lock.release)   # an abandoned Trainer frees the dir
+                self._start_notes += self._lock.notes
+                removed = remove_stale_temp_files(self.work_dir)
+                if removed:
+                    self._start_notes.append(f"removed {len(removed)} temp file(s) left by killed "
+                                             f"saves: {', '.join(removed)}")
+                note = repair_latest(self.work_dir)
+                if note:
+                    self._start_notes.append(note)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                error = e
+        if self.world_size > 1:
+            msg = dist_utils.broadcast_object(f"{error}" if error is not None else None)
+            if msg is not None and error is None:
+                raise WorkDirError(msg)
+        if error is not None:
+            self._release_work_dir()
+            raise error
+
+    def _release_work_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    def _setup(self, cfg: dict, resume, load_from, seed, deterministic) -> None:
         # -- what to resume from (its seed is needed before anything random happens)
         self._resume_ckpt: dict | None = None
         self._resume_note: str | None = None
@@ -109,6 +155,8 @@ class Trainer:
             self.resume_path = self._resolve_resume(resume)
             if self.resume_path is not None:
                 self._resume_ckpt = load_checkpoint(self.resume_path, map_location="cpu")
+                check_model_type(self._resume_ckpt, cfg["model"].get("type"), str(self.resume_path),
+                                 "--resume")
         ckpt_seed = (self._resume_ckpt or {}).get("meta", {}).get("seed")
         if seed is None:
             seed = ckpt_seed if ckpt_seed is not None else cfg.get("seed")
@@ -126,9 +174,10 @@ class Trainer:
 
         # -- work dir, logs
         if self.is_main:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.work_dir / "config.yaml")
         self.logger = setup_logger(self.work_dir, self.rank)
+        for note in self._start_notes:
+            self.logger.warning(note)
         self.logger.info(format_env(collect_env(self.device, self.world_size)))
         self.logger.info(f"work_dir: {self.work_dir.resolve()}  seed: {self.seed}  "
                          f"deterministic: {self.deterministic}")
@@ -297,17 +346,37 @@ class Trainer:
         if ranks and len(ranks) == self.world_size:
             rng = ranks[self.rank]
         self._resume_rng = rng
-        self.last_checkpoint = self.resume_path
+        bad = nonfinite_tensors(extract_state_dict(ckpt, src))
+        if bad:   # written before saves were checked: not a good checkpoint to fall back on
+            self.logger.warning(f"resuming from {src}, whose {describe_nonfinite(bad)}: "
+                                f"training will not recover from it; resume from an earlier checkpoint")
+        self.last_checkpoint = None if bad else self.resume_path
         self.logger.info(f"resumed from {src}: epoch {self.epoch}, iteration {self.iter}"
                          + (f", best {self.best['name']}={self.best['value']:.6g}" if self.best else ""))
 
     def _apply_load_from(self, path: str | Path) -> None:
+        """Non-strict weight loading; a :class:`CheckpointError` (with the matched/total
+        tensor counts and both model types) when no tensor, or fewer than the share
+        ``train.load_from_min_match`` of the model's tensors, match."""
+        src = str(path)
         ckpt = load_checkpoint(path, map_location="cpu")
-        report = load_state_dict(self.model, extract_state_dict(ckpt, str(path)), strict=False,
-                                 source=str(path))
+        stored, wanted = checkpoint_model_type(ckpt), self.cfg["model"].get("type")
+        types = (f"checkpoint model type '{stored or 'unknown (no defectkit meta)'}', "
+                 f"config model.type '{wanted}'")
+        report = load_state_dict(self.model, extract_state_dict(ckpt, src), strict=False, source=src)
         self.load_report = report
+        least = self.train_cfg.load_from_min_match
+        if report.matched == 0 or report.share < least:
+            raise CheckpointError(
+                f"{src}: load_from matched {report.matched} of the model's {report.total} tensors "
+                f"({report.share:.0%}; train.load_from_min_match is {least:g}); {types}"
+                + ("" if stored in (None, wanted) else ": a checkpoint of another model type")
+                + "; give a checkpoint of this model (or its backbone), or lower train.load_from_min_match")
+        if stored not in (None, wanted):
+            self.logger.warning(f"load_from {src}: {types}; {report.matched}/{report.total} tensors matched")
         log = self.logger.info if report.clean else self.logger.warning
-        log(f"load_from {path}: weights only (optimizer, schedule and counters start fresh); {report}")
+        log(f"load_from {path}: weights only (optimizer, schedule and counters start fresh); "
+            f"{report.matched}/{report.total} model tensors loaded; {report}")
 
     # ------------------------------------------------------------------ checkpoints
     @staticmethod
@@ -337,9 +406,30 @@ class Trainer:
             ckpt["rng_ranks"] = rng_ranks
         return ckpt
 
+    def _check_finite(self, path: Path) -> None:
+        """Raise :class:`NonFiniteCheckpointError` (naming the last finite checkpoint) when
+        a parameter or buffer of the model holds NaN/Inf, before ``path`` is written."""
+        state = self.model.state_dict() if self.is_main else None
+        bad = nonfinite_tensors(state) if self.is_main else None
+        if self.world_size > 1:
+            bad = dist_utils.broadcast_object(bad)
+        if not bad:
+            return
+        last = self.last_checkpoint
+        where = (f"last finite checkpoint: {last} (continue with --resume {last}, e.g. with a lower "
+                 f"lr or train.grad_clip)") if last else "no finite checkpoint was saved before it"
+        err = NonFiniteCheckpointError(
+            f"{path}: not saved at iteration {self.iter} (epoch {self.epoch}): the model's "
+            f"{describe_nonfinite(bad, len(state) if state is not None else None)} "
+            f"(the training diverged even if the loss looked finite); {where}")
+        self.logger.error(str(err))
+        raise err
+
     def save_checkpoint(self, name: str | None = None) -> Path:
-        """Save ``epoch_N.pth`` / ``iter_N.pth`` (or ``name``), repoint latest, prune old ones."""
+        """Save ``epoch_N.pth`` / ``iter_N.pth`` (or ``name``), repoint latest, prune old ones.
+        Never writes NaN/Inf weights or buffers (:class:`NonFiniteCheckpointError`)."""
         path = self.work_dir / (name or self._periodic_name())
+        self._check_finite(path)
         ckpt = self._checkpoint()
         if self.is_main:
             save_checkpoint(ckpt, path)
@@ -361,6 +451,7 @@ class Trainer:
             if self.is_main:
                 link_or_copy(just_saved, path)
         else:
+            self._check_finite(path)
             ckpt = self._checkpoint()
             if self.is_main:
                 save_checkpoint(ckpt, path)
@@ -558,9 +649,10 @@ class Trainer:
         fit_model(self)
 
     def close(self) -> None:
-        """Release logs and (if this trainer created it) the process group."""
+        """Release logs, the work dir's lock and (if this trainer created it) the process group."""
         self.writer.close()
         close_logger()
+        self._release_work_dir()
         if self._owns_process_group:
             dist_utils.destroy_distributed()
 
