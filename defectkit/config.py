@@ -104,14 +104,25 @@ def _load_tree(path: Path, asked_by: Path | None, stack: tuple) -> dict:
 
 def load_config(path: str | os.PathLike, cfg_options: list[str] | dict | None = None,
                 validate: bool = True) -> dict:
-    """Load ``path`` with its bases, apply overrides, validate, return a plain dict."""
+    """Load ``path`` with its bases, apply overrides, validate, return a plain dict.
+
+    ``cfg_options``: ``["a.b=1", ...]`` (the command line) or ``{"a.b": 1}``. Raises
+    ConfigError (one line naming the file, the dotted key or the option as written)."""
     cfg = _strip_delete(_load_tree(Path(path), None, ()))
+    written: dict = {}
     if cfg_options:
-        opts = parse_cfg_options(cfg_options) if isinstance(cfg_options, list) else cfg_options
-        apply_options(cfg, opts)
+        if isinstance(cfg_options, list):
+            opts = parse_cfg_options(cfg_options)
+            written = {o.split("=", 1)[0].strip(): o for o in cfg_options}
+        else:
+            opts = cfg_options
+        apply_options(cfg, opts, written)
     _propagate_category(cfg)
     if validate:
-        validate_config(cfg)
+        try:
+            validate_config(cfg)
+        except ConfigError as e:
+            raise _blame_options(e, written) from None
     return cfg
 
 
@@ -168,45 +179,97 @@ def parse_value(val: str) -> Any:
             items.append(parse_value(inner[:cut]))
             inner = inner[cut + 1:]
         return tuple(items) if is_tuple else items
+    if val and (val[0] in "([" or val[-1] in ")]"):
+        raise ConfigError(f"unbalanced brackets in option value: {val!r}")
     if "," in val:
         return [parse_value(v) for v in val.split(",") if v != ""]
     return _parse_scalar(val)
 
 
+def _option_error(key: str, written: dict | None, problem: str) -> ConfigError:
+    shown = repr(written[key]) if written and key in written else key
+    return ConfigError(f"--cfg-options {shown}: {problem}")
+
+
+def _check_key(key: str, written: dict | None = None) -> list[str]:
+    parts = key.split(".")
+    if not key:
+        raise _option_error(key, written, "empty key before '='")
+    if not all(parts):
+        raise _option_error(key, written, f"empty part in the key '{key}' (a.b.c=VALUE)")
+    return parts
+
+
 def parse_cfg_options(options: list[str]) -> dict:
+    """``["a.b=1", "l=[1,2]"]`` -> ``{"a.b": 1, "l": [1, 2]}``. The value is everything
+    after the FIRST ``=`` (``optimizer.lr=1e-3=4`` gives the string ``'1e-3=4'``, which
+    validation then rejects). Raises ConfigError naming the option as written."""
     out = {}
     for opt in options:
         if "=" not in opt:
-            raise ConfigError(f"--cfg-options expects KEY=VALUE, got {opt!r}")
+            raise ConfigError(f"--cfg-options {opt!r}: expected KEY=VALUE")
         k, v = opt.split("=", 1)
-        out[k.strip()] = parse_value(v)
+        k = k.strip()
+        _check_key(k, {k: opt})
+        try:
+            out[k] = parse_value(v)
+        except ConfigError as e:
+            raise ConfigError(f"--cfg-options {opt!r}: {e}") from None
     return out
 
 
-def apply_options(cfg: dict, options: dict) -> None:
-    """Set dotted keys in place; integer parts index into lists."""
+def apply_options(cfg: dict, options: dict, written: dict | None = None) -> None:
+    """Set dotted keys in place; integer parts index into lists; missing (or null)
+    dicts on the way are created. ``written`` maps a key to the option as the user
+    wrote it, for the errors (a scalar on the way, an index into a mapping, an index
+    out of range, an empty key part)."""
     for key, value in options.items():
-        parts = key.split(".")
+        parts = _check_key(key, written)
         node: Any = cfg
-        for p in parts[:-1]:
+        for depth, p in enumerate(parts):
+            where = ".".join(parts[:depth + 1])
+            last = depth == len(parts) - 1
             if isinstance(node, list):
-                node = node[_list_index(node, p, key)]
+                idx = _list_index(node, p, where, key, written)
+                if last:
+                    node[idx] = list(value) if isinstance(value, tuple) else value
+                else:
+                    node = _descend(node, idx, where, parts[depth + 1], key, written)
                 continue
-            if p not in node or not isinstance(node[p], (dict, list)):
-                node[p] = {}
-            node = node[p]
-        last = parts[-1]
-        if isinstance(node, list):
-            idx = _list_index(node, last, key)
-            node[idx] = value
-        else:
-            node[last] = list(value) if isinstance(value, tuple) else value
+            if p not in node and p.lstrip("-").isdigit():
+                raise _option_error(key, written, f"'{p}' looks like a list index, but "
+                                    f"{where.rpartition('.')[0] or 'the config'} is a mapping")
+            if last:
+                node[p] = list(value) if isinstance(value, tuple) else value
+            else:
+                if node.get(p) is None:
+                    node[p] = {}
+                node = _descend(node, p, where, parts[depth + 1], key, written)
 
 
-def _list_index(node: list, p: str, key: str) -> int:
+def _descend(node: Any, p: Any, where: str, child: str, key: str, written: dict | None) -> Any:
+    sub = node[p]
+    if not isinstance(sub, (dict, list)):
+        raise _option_error(key, written, f"{where} holds the {type(sub).__name__} {sub!r}, not a "
+                            f"mapping or list, so it has no '{child}'; set {where}=... instead")
+    return sub
+
+
+def _list_index(node: list, p: str, where: str, key: str, written: dict | None = None) -> int:
     if not p.lstrip("-").isdigit() or not -len(node) <= int(p) < len(node):
-        raise ConfigError(f"--cfg-options {key}: '{p}' is not a valid index of a list of {len(node)}")
+        raise _option_error(key, written, f"'{p}' is not a valid index of "
+                            f"{where.rpartition('.')[0] or 'the config'} (a list of {len(node)})")
     return int(p)
+
+
+def _blame_options(e: ConfigError, written: dict) -> ConfigError:
+    """Add the --cfg-options that set the key a validation error names."""
+    head = str(e).split(": ", 1)[0].split(" (", 1)[0]    # 'optimizer (SGD)': a build-time error
+    hits = [opt for k, opt in written.items()
+            if k == head or k.startswith(head + ".") or head.startswith(k + ".")]
+    if not hits:
+        return e
+    return ConfigError(f"{e} (set by --cfg-options {' '.join(repr(h) for h in hits)})")
 
 
 # ------------------------------------------------------------------------ validation
