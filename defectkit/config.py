@@ -570,7 +570,8 @@ def get_by_path(cfg: dict, dotted: str, default: Any = None) -> Any:
 
 def options_from(cls: type, value: Any, key: str) -> Any:
     """Build the dataclass ``cls`` of a sub-config (``model.gate``, ``model.aux_head``) from
-    a dict: None and ready instances pass through; an unknown key fails naming ``key``."""
+    a dict: None and ready instances pass through; an unknown key (ValueError) or a value
+    of the wrong type (ConfigError, from the field annotations) fails naming ``key``."""
     if value is None or isinstance(value, cls):
         return value
     if not isinstance(value, dict):
@@ -579,4 +580,7 @@ def options_from(cls: type, value: Any, key: str) -> Any:
     unknown = sorted(set(value) - names)
     if unknown:
         raise ValueError(f"{key}: unknown option(s) {', '.join(unknown)} (options: {', '.join(sorted(names))})")
+    hints = _hints(cls)
+    for k, v in value.items():
+        check_value(v, hints.get(k), f"{key}.{k}")
     return cls(**value)
