@@ -201,7 +201,6 @@ def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None
     want = config_hash(cfg)
     own_weights = loads_own_weights(cfg)    # e.g. two-model: tested from its parts' checkpoints
     do_test = train or not metrics_path.is_file()
-    do_train = not own_weights and (train or not ckpt.is_file())
     if not do_test:
         have = json.loads(metrics_path.read_text()).get("config_hash")
         if have is None:
@@ -212,6 +211,7 @@ def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None
             do_test = True
         else:
             print(f"[compare] reusing {metrics_path} (same config hash {want}; --train retrains)")
+    do_train = do_test and not own_weights and (train or not ckpt.is_file())
     if do_test and not do_train and not own_weights:
         stored = checkpoint_config(ckpt)
         if stored is not None and config_hash(stored) != want:
