@@ -45,11 +45,12 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True) -> torch.
     else is converted to RGB / 255. DataFormatError naming ``path`` if it is missing
     or cannot be decoded. The one image loader of datasets, ``tools/infer.py`` and
     the anomaly path."""
-    im = open_image(path, exif_orientation)
+    im = open_image(path, exif_orientation,
+                    convert=lambda im: im if im.mode.startswith("I;16") else im.convert("RGB"))
     if im.mode.startswith("I;16"):
         arr = np.asarray(im, dtype=np.float32) / 65535.0
         return torch.from_numpy(arr)[None].expand(3, -1, -1).contiguous()
-    return TF.pil_to_tensor(im.convert("RGB")).float().div_(255.0)
+    return TF.pil_to_tensor(im).float().div_(255.0)
 
 
 def rasterize_polygons(polygons: list, height: int, width: int) -> np.ndarray:

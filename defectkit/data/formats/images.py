@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,17 +22,21 @@ from .common import DataFormatError, orientation_tag
 MASK_MODES = ("1", "L", "P", "LA", "I;16", "I;16L", "I;16B", "I", "RGB", "RGBA")
 
 
-def open_image(path: str | os.PathLike, exif_orientation: bool = True,
-               what: str = "image") -> Image.Image:
+def open_image(path: str | os.PathLike, exif_orientation: bool = True, what: str = "image",
+               convert: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
     """The decoded PIL image of ``path`` (mode as stored), EXIF-transposed when
-    ``exif_orientation``. DataFormatError naming ``path`` when it is missing or cannot
-    be decoded (``what`` names the kind of file in the message)."""
+    ``exif_orientation``, then passed through ``convert`` (e.g. to RGB; done while the
+    file is open, which saves a copy). DataFormatError naming ``path`` when it is missing
+    or cannot be decoded (``what`` names the kind of file in the message)."""
     try:
         with Image.open(path) as im:
             im.load()   # decodes the pixels: a truncated file fails here, by name
+            out = im
             if exif_orientation and orientation_tag(im) != 1:
-                return ImageOps.exif_transpose(im)
-            return im.copy()
+                out = ImageOps.exif_transpose(im)
+            if convert is not None:
+                out = convert(out)
+            return out if out is not im else im.copy()   # never the closed file's image
     except FileNotFoundError:
         raise DataFormatError(f"{path}: {what} file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
