@@ -323,3 +323,20 @@ def test_classification_auroc_with_one_class_says_why():
     ev.process({"label": torch.tensor([0, 1, 1])},
                [ClassificationResult(label=1, scores=torch.tensor([0.2, 0.7, 0.1]))] * 3)
     assert ev.compute()["roc_auc_ovr_note"] == "no c images among the 3 evaluated images"
+
+
+def test_classification_and_segmentation_exports_name_the_classes(tmp_path):
+    from defectkit.evaluation.segmentation import SegmentationEvaluator
+    from defectkit.structures import SegmentationResult
+
+    ev = ClassificationEvaluator(classes=["hole", "stain", "knot"], target="label")
+    path = ev.write_predictions([ClassificationResult(label=2, scores=torch.tensor([0.1, 0.2, 0.7]))],
+                                [{"id": "a/1.png", "path": "/d/a/1.png"}], str(tmp_path / "c"))
+    row = json.loads(Path(path).read_text())[0]
+    assert (row["id"], row["label"], row["label_name"]) == ("a/1.png", 2, "knot")
+    ev = SegmentationEvaluator(classes=["pitting"])
+    mask = torch.tensor([[0, 1, 1], [0, 0, 0]])
+    path = ev.write_predictions([SegmentationResult(mask=mask)], [{"id": 4, "path": "/d/4.png"}],
+                                str(tmp_path / "s"))
+    row = json.loads(Path(path).read_text())[0]
+    assert row["class_pixels_by_name"] == {"background": 4, "pitting": 2} and row["id"] == 4

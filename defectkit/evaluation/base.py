@@ -10,7 +10,9 @@ The life cycle, driven by the trainer or ``tools/test.py``:
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,6 +40,22 @@ class BaseEvaluator:
     def save_artifacts(self, metrics: dict[str, Any], out_dir: str) -> list[str]:
         """Write plots into ``out_dir``; returns the written paths."""
         return []
+
+    def export_fields(self, result: Any) -> dict[str, Any]:
+        """Extra per-image fields of ``predictions.json`` that name the result's classes as
+        the source does (e.g. ``label_name``); none by default."""
+        return {}
+
+    def write_predictions(self, results: list, metas: list, out_dir: str) -> str:
+        """``predictions.json``: per evaluated image its source ``id`` and ``path``, the
+        result's ``to_json()`` and :meth:`export_fields`. Returns the path."""
+        os.makedirs(out_dir, exist_ok=True)
+        rows = [{"id": m.get("id"), "path": m.get("path"), **r.to_json(), **self.export_fields(r)}
+                for r, m in zip(results, metas)]
+        path = os.path.join(out_dir, "predictions.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1, ensure_ascii=False)
+        return path
 
 
 # ---------------------------------------------------------------------- helpers

@@ -114,6 +114,10 @@ class ClassificationEvaluator(BaseEvaluator):
         return m
 
     # ------------------------------------------------------------------------ output
+    def export_fields(self, result: Any) -> dict[str, Any]:
+        """``label_name``: the predicted class's name (ImageFolder folder, grade, normal/defective)."""
+        return {"label_name": self.class_names(len(result.scores))[int(result.label)]}
+
     def summary(self, metrics: dict[str, Any]) -> str:
         names = metrics.get("classes") or []
         per = metrics.get("per_class") or {}

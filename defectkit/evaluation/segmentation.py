@@ -171,6 +171,14 @@ class SegmentationEvaluator(BaseEvaluator):
                           for k, name in enumerate(names)}
         return m
 
+    def export_fields(self, result: Any) -> dict[str, Any]:
+        """``class_pixels_by_name``: predicted pixels per class name (class index k is the
+        source's mask value k for index masks; ``background`` is 0)."""
+        names = self.class_names
+        counts = torch.bincount(torch.as_tensor(result.mask).reshape(-1).long().clamp(min=0))
+        return {"class_pixels_by_name": {(names[k] if k < len(names) else str(k)): int(n)
+                                         for k, n in enumerate(counts.tolist()) if n}}
+
     def summary(self, metrics: dict[str, Any]) -> str:
         names = metrics.get("classes") or []
         per = metrics.get("per_class") or {}
