@@ -103,3 +103,33 @@ def test_config_hash_ignores_runtime_keys_only(tmp_path):
     assert cmp_tool.config_hash(same) == h
     for other in (toy_config(seed=1), toy_config(optimizer={"lr": 0.1}), toy_config(data={"batch_size": 4})):
         assert cmp_tool.config_hash(other) != h
+
+
+# ----------------------------------------------------------------------------- PaDiM
+def _padim_fit(n_images, val_ratio):
+    from defectkit.models.anomaly.padim import PaDiM
+
+    torch.manual_seed(0)
+    model = PaDiM(backbone="small_cnn", pretrained=None, num_features=24, image_size=32, crop_size=None,
+                  layers=["layer1", "layer2", "layer3"], calibration={"val_ratio": val_ratio}).eval()
+    images = torch.rand(n_images, 3, 32, 32)
+    model.fit([{"image": images[i:i + 8]} for i in range(0, n_images, 8)])
+    return model
+
+
+def test_padim_warns_when_calibration_rests_on_few_images(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("defectkit"), "propagate", True)   # the trainer's logger may not
+    with caplog.at_level(logging.INFO, logger="defectkit"):
+        model = _padim_fit(8, 0.25)                                         # every 4th image: 2 held out
+    assert model.record["num_val"] == 2
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "validation images" in r.message]
+    assert len(warned) == 1
+    msg = warned[0].getMessage()
+    assert "only 2 validation images" in msg and "2 held out" in msg and "0 from data.val" in msg
+    assert "data.val" in msg and "val_ratio" in msg and "fewer than 20" in msg
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="defectkit"):
+        model = _padim_fit(40, 0.5)                                         # 20 held out: enough
+    assert model.record["num_val"] == 20
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

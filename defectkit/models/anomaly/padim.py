@@ -73,6 +73,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_NUM_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
 _STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+MIN_CALIBRATION_IMAGES = 20     # fewer validation images: a warning (thresholds/normalisation unreliable)
 
 
 @dataclass
@@ -550,6 +551,17 @@ class PaDiM(nn.Module):
             "image_threshold_method": img_method, "pixel_threshold_method": px_method})
         logger.info("PaDiM thresholds on %d validation images (%d abnormal): image %.4f (%s), pixel %.4f (%s)",
                     len(vals), int(labels.sum()), img_t, img_method, px_t, px_method)
+        if len(vals) < MIN_CALIBRATION_IMAGES:
+            held = len(self.record.get("train_held_out", []))
+            logger.warning(
+                "PaDiM: thresholds and score normalisation rest on only %d validation images (%d held out "
+                "of the training set, %d from data.val; fewer than %d): the threshold is an extreme of %d "
+                "scores and min-max spans only %.4g..%.4g, so the normalised scores and maps of new images "
+                "mostly clamp to 0 or 1 and pred_label / image_f1 are unreliable (AUROC, AUPRO and F1-max use "
+                "raw scores and are not affected). Add labelled images as `data.val` (e.g. a "
+                "FolderAnomalyDataset with normal_dir, abnormal_dir, mask_dir; docs/padim.md) or raise "
+                "model.calibration.val_ratio (now %g)", len(vals), held, len(vals) - held,
+                MIN_CALIBRATION_IMAGES, len(vals), float(scores.min()), float(scores.max()), cal.val_ratio)
 
     def statistics_bytes(self) -> int:
         """Bytes of the fitted statistics (mean, precision, channel indices / projection)."""
