@@ -61,6 +61,8 @@ class DetectionResult:
     gate_score: float | None = None
     gated: bool = False
 
+    gt_key: ClassVar[tuple] = ("boxes", "labels")   # the sample keys tools/test.py draws as GT
+
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 

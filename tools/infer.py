@@ -3,15 +3,18 @@
     python tools/infer.py CONFIG CHECKPOINT img1.png img2.jpg some_folder/ --out-dir out/
 
 Each image goes through the config's test pipeline (data.test), the model predicts, and
-the result is drawn on the image (out-dir/<name>.png); out-dir/results.json lists every
-image's result.
+the result is drawn on the ORIGINAL image with class names and scores
+(out-dir/<index>_<name>.png); out-dir/results.json lists every input's result. Every input
+is isolated: one that fails (unreadable file, a model or drawing error) is recorded in
+results.json with its "error" and the others complete; the exit code is 1 only when every
+input failed.
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from _common import add_cfg_options, load, pipeline_norm, result_names
+from _common import add_cfg_options, load, result_names
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -33,10 +36,8 @@ def list_images(inputs):
     for item in map(Path, inputs):
         if item.is_dir():
             files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
+        else:            # a missing file is recorded with its error in results.json, like any failure
             files.append(item)
-        else:
-            sys.exit(f"error: {item}: no such file or folder")
     if not files:
         sys.exit(f"error: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(inputs)}")
     return files
@@ -45,15 +46,9 @@ def list_images(inputs):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load(args)
-    import torch
-    from torchvision import tv_tensors
-
-    from defectkit.data.collate import collate, to_device
-    from defectkit.data.datasets import load_image
-    from defectkit.data.formats.common import DataFormatError
-    from defectkit.data.transforms import build_pipeline
     from defectkit.engine import default_work_dir, init_model, resolve_device
-    from defectkit.visualization import draw_result, to_pil
+    from defectkit.progress import track
+    from defectkit.data.transforms import build_pipeline
 
     files = list_images(args.inputs)
     out_dir = Path(args.out_dir or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "infer")
@@ -62,32 +57,56 @@ def main(argv=None):
     model, meta = init_model(cfg, args.checkpoint, device)
     classes = meta.get("classes") or cfg.get("classes")
     pipeline = build_pipeline(((cfg.get("data") or {}).get("test") or {}).get("pipeline"))
-    mean, std = pipeline_norm(pipeline)
 
-    records = []
-    for i, path in enumerate(files):
-        try:
-            img = load_image(path)
-        except DataFormatError as e:
-            print(f"skipped: {e}")
-            continue
-        sample = {"image": tv_tensors.Image(img),
-                  "meta": {"path": str(path), "id": i, "orig_size": tuple(img.shape[-2:])}}
-        if pipeline is not None:
-            sample = pipeline(sample)
-        batch = collate([sample])
-        with torch.no_grad():
-            result = model.predict(to_device(batch, device))[0]
-        records.append({"path": str(path), **result.to_json()})
-        if callable(getattr(result, "write_files", None)):   # e.g. segmentation masks as PNG
-            records[-1]["files"] = result.write_files(out_dir, f"{i:05d}_{path.stem}")
-        if not args.no_draw:
-            drawn = draw_result(to_pil(sample["image"], mean, std), result, result_names(cfg, result, classes))
-            drawn.save(out_dir / f"{i:05d}_{path.stem}.png")
-        print(f"{path}: {json.dumps(result.to_json())}")
-    (out_dir / "results.json").write_text(json.dumps(records, indent=1, ensure_ascii=False))
-    print(f"wrote {out_dir / 'results.json'}" + ("" if args.no_draw else f" and {len(records)} images"))
-    return 0
+    records, failed = [], []
+    try:
+        for i, path in enumerate(track(files, desc="infer", unit="img")):
+            rec = {"path": str(path)}
+            records.append(rec)
+            try:           # every input is isolated: one failure never stops the others
+                infer_one(model, pipeline, path, i, device, out_dir, rec, cfg, classes, draw=not args.no_draw)
+                print(f"{path}: {json.dumps({k: v for k, v in rec.items() if k != 'path'})}")
+            except Exception as e:     # noqa: BLE001 (recorded with the input, reported below)
+                rec["error"] = f"{type(e).__name__}: {e}"
+                failed.append(rec)
+                print(f"failed: {path}: {rec['error']}", file=sys.stderr)
+    finally:           # even on Ctrl-C, what was done is kept
+        (out_dir / "results.json").write_text(json.dumps(records, indent=1, ensure_ascii=False))
+    drawn = sum("image" in r for r in records)
+    print(f"wrote {out_dir / 'results.json'}" + ("" if args.no_draw else f" and {drawn} images"))
+    if failed:
+        print(f"{len(failed)} of {len(records)} inputs failed (their errors are in results.json): "
+              + ", ".join(Path(r["path"]).name for r in failed[:10]) + (" ..." if len(failed) > 10 else ""),
+              file=sys.stderr)
+    return 1 if len(failed) == len(records) else 0
+
+
+def infer_one(model, pipeline, path, index, device, out_dir, rec, cfg, classes, draw=True):
+    """Predict one image file and fill ``rec`` (its results.json entry) in place: the
+    result's JSON, ``files`` the result writes (e.g. masks) and ``image``, the drawing on
+    the ORIGINAL picture. Raises whatever fails; what succeeded stays in ``rec``."""
+    import torch
+    from torchvision import tv_tensors
+
+    from defectkit.data.collate import collate, to_device
+    from defectkit.data.datasets import load_image
+    from defectkit.visualization import draw_result
+
+    img = load_image(path, ((cfg.get("data") or {}).get("test") or {}).get("exif_orientation", True))
+    sample = {"image": tv_tensors.Image(img),
+              "meta": {"path": str(path), "id": index, "orig_size": tuple(img.shape[-2:])}}
+    if pipeline is not None:
+        sample = pipeline(sample)
+    with torch.no_grad():
+        result = model.predict(to_device(collate([sample]), device))[0]
+    rec.update(result.to_json())
+    stem = f"{index:05d}_{path.stem}"
+    if callable(getattr(result, "write_files", None)):   # e.g. segmentation masks as PNG
+        rec["files"] = result.write_files(out_dir, stem)
+    if draw:
+        drawn = draw_result(img, result, result_names(cfg, result, classes), pipeline=pipeline)
+        drawn.save(out_dir / f"{stem}.png")
+        rec["image"] = str(out_dir / f"{stem}.png")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def parse_args(argv=None):
                    help="images per model call (default 1, so ATT is per-image latency)")
     p.add_argument("--num-workers", type=int, help="data loader workers (default: data.num_workers)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--show", type=int, default=0, metavar="N", help="draw the first N predictions")
+    p.add_argument("--show", type=int, default=8, metavar="N",
+                   help="draw the first N predictions on their original images, with the ground "
+                        "truth, into OUT_DIR/show/ (default 8; 0: none)")
     add_cfg_options(p)
     return p.parse_args(argv)
 
@@ -97,7 +99,7 @@ def main(argv=None):
              for r, m in zip(out.results, out.metas)], indent=1, ensure_ascii=False))
     artifacts = evaluator.save_artifacts(metrics, out_dir) or []
     if args.show:
-        artifacts += show(dataset, out.results, cfg, classes, out_dir / "show", args.show)
+        artifacts += show(dataset, out.results, cfg, classes, out_dir / "show", args.show, out.metas)
     print(f"wrote {out_dir / 'metrics.json'}, {pred_path}" +
           "".join(f", {a}" for a in artifacts))
     return 0
@@ -121,19 +123,45 @@ def detection_att(times, timing) -> dict:
             "att_ideal_ms": m["att_ideal_ms"]}
 
 
-def show(dataset, results, cfg, classes, out_dir, n):
+def show(dataset, results, cfg, classes, out_dir, n, metas=None):
+    """Draw the first ``n`` predictions on their ORIGINAL images with their ground truth
+    (``draw_result``: image | GT | prediction for segmentation, GT boxes in green and
+    predicted boxes with class names and scores for detection, heat-map panels for anomaly,
+    a banner for classification) as out_dir/<index>_<name>.png. ``metas`` (the results'
+    sample metas) find each result's record; a picture that fails is reported and skipped.
+    Returns ``[str(out_dir)]``, or [] when nothing was drawn."""
+    from defectkit.progress import track
     from defectkit.visualization import draw_result, to_pil
 
+    if n <= 0 or not results:
+        return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    mean, std = pipeline_norm(dataset.pipeline)
     target = cfg["model"].get("target", "is_defective")
-    for i, res in enumerate(results[:n]):
-        sample = dataset[i]
-        key = getattr(res, "gt_key", target)   # e.g. SegmentationResult draws the sample's "mask"
-        gt = (int(sample[key]) if key == target else sample[key]) if key in sample else None
-        img = draw_result(to_pil(sample["image"], mean, std), res, result_names(cfg, res, classes), gt=gt)
-        img.save(out_dir / f"{i:05d}.png")
-    return [str(out_dir)]
+    index = {str(getattr(r, "img_path", None)): j for j, r in enumerate(getattr(dataset, "records", []))}
+    raw = getattr(dataset, "load_sample", None)     # the untransformed sample: original pixels
+    written = 0
+    for i, res in enumerate(track(results[:n], desc="show", unit="img")):
+        meta = metas[i] if metas and i < len(metas) and isinstance(metas[i], dict) else {}
+        j = index.get(str(meta.get("path")), i)
+        try:
+            if callable(raw):
+                sample, pipeline = raw(j), dataset.pipeline
+            else:                                    # no original: the pipeline's picture
+                sample, pipeline = dataset[j], None
+                sample["image"] = to_pil(sample["image"], *pipeline_norm(dataset.pipeline))
+            key = getattr(res, "gt_key", target)     # e.g. "mask", ("boxes", "labels"), the target
+            keys = key if isinstance(key, tuple) else (key,)
+            gt = None
+            if all(k in sample for k in keys):
+                gt = ({k: sample[k] for k in keys} if isinstance(key, tuple)
+                      else int(sample[key]) if key == target else sample[key])
+            img = draw_result(sample["image"], res, result_names(cfg, res, classes), gt=gt, pipeline=pipeline)
+            img.save(out_dir / f"{i:05d}_{Path(str(meta.get('path') or i)).stem}.png")
+            written += 1
+        except Exception as e:                      # noqa: BLE001 (a picture never costs the metrics)
+            print(f"show: could not draw prediction {i} ({meta.get('path', j)}): {type(e).__name__}: {e}",
+                  file=sys.stderr)
+    return [str(out_dir)] if written else []
 
 
 if __name__ == "__main__":

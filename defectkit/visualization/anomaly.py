@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..structures import AnomalyResult
-from .draw import draw_banner, draw_heatmap, draw_mask, make_grid, register_drawer, to_pil
+from .draw import _as_numpy, draw_banner, draw_heatmap, draw_mask, make_grid, register_drawer, to_pil
 from .plots import plot_curves as _plot_xy
 
 
@@ -38,15 +38,25 @@ def anomaly_panels(image: Any, anomaly_map: Any, gt_mask: Any = None, pred_mask:
 
 
 def draw_anomaly(image: Any, result: AnomalyResult, class_names: Sequence[str] | None = None,
-                 gt: int | None = None) -> Image.Image:
+                 gt: Any = None) -> Image.Image:
+    """image | [GT] | heat-map | [predicted mask] with a title "score 0.734 ANOMALOUS".
+
+    ``image``: the (original) picture the model saw; the map and mask (model-input pixels)
+    are resized to it (bilinear / nearest). ``gt``: a GT mask (H, W) (drawn as a panel)
+    or an image label 0/1 (named in the title), or None."""
     vmin, vmax = _map_range(result)
     label = {None: "", 0: " normal", 1: " ANOMALOUS"}[result.pred_label]
-    gt_txt = "" if gt is None else f"  (GT {'defective' if gt else 'normal'})"
-    return anomaly_panels(image, result.anomaly_map, None, result.pred_mask, vmin, vmax,
+    gt_mask = gt if np.ndim(gt) >= 2 else None
+    gt_txt = "" if gt is None or gt_mask is not None else f"  (GT {'defective' if int(gt) else 'normal'})"
+    if gt_mask is not None:
+        gt_mask = (_as_numpy(gt_mask) > 0).astype(np.int64)
+        gt_mask = gt_mask.reshape(gt_mask.shape[-2:])
+        gt_txt = f"  (GT {'defective' if gt_mask.any() else 'normal'})"
+    return anomaly_panels(image, result.anomaly_map, gt_mask, result.pred_mask, vmin, vmax,
                           title=f"score {result.score:.3f}{label}{gt_txt}")
 
 
-register_drawer(AnomalyResult, draw_anomaly)
+register_drawer(AnomalyResult, draw_anomaly, input_pixels=True)
 
 
 def save_overlays(records: list[dict], out_dir: Path) -> list[str]:

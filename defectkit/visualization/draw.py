@@ -178,12 +178,21 @@ def draw_mask(image: Any, mask: Any, alpha: float = 0.5, colors: Sequence[Color]
 
 
 # ------------------------------------------------------------------------- heat-maps
+def _map2d(x: Any) -> np.ndarray:
+    """(H, W) float32 view of a map given as (H, W), (1, H, W) or (1, 1, H, W); a 1x1 map
+    stays 2-D (``squeeze`` would make it a scalar, which matplotlib colours as a tuple)."""
+    a = _as_numpy(x).astype(np.float32)
+    if a.ndim < 2 or any(d != 1 for d in a.shape[:-2]):
+        raise ValueError(f"expected a (H, W) map, got shape {tuple(a.shape)}")
+    return a.reshape(a.shape[-2:])
+
+
 def colorize(heatmap: Any, cmap: str = "jet", vmin: float | None = None,
              vmax: float | None = None) -> np.ndarray:
     """(H, W) values -> (H, W, 3) uint8 colours with a matplotlib colormap."""
     import matplotlib
 
-    h = _as_numpy(heatmap).astype(np.float32).squeeze()
+    h = _map2d(heatmap)
     lo = float(np.nanmin(h)) if vmin is None else float(vmin)
     hi = float(np.nanmax(h)) if vmax is None else float(vmax)
     norm = np.clip((h - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(h)
@@ -196,7 +205,7 @@ def draw_heatmap(image: Any, heatmap: Any, alpha: float = 0.5, cmap: str = "jet"
     """Blend a (H, W) score map (e.g. an anomaly map) over the image, resized (bilinear)
     to the image size. ``vmin``/``vmax`` fix the colour range (default: the map's own)."""
     img = to_pil(image)
-    h = _as_numpy(heatmap).astype(np.float32).squeeze()
+    h = _map2d(heatmap)
     if h.shape != (img.height, img.width):
         h = np.asarray(Image.fromarray(h, mode="F").resize(img.size, Image.BILINEAR))
     colored = Image.fromarray(colorize(h, cmap, vmin, vmax), "RGB")
@@ -281,13 +290,31 @@ def make_grid(images: Sequence[Image.Image], ncols: int = 4, pad: int = 4,
     return grid
 
 
+def line_scale(image: Image.Image) -> int:
+    """Line/text scale for a picture: 1 up to ~640 px on the long side, then grows with it,
+    so boxes and labels stay readable on a 4000x3000 image."""
+    return max(1, round(max(image.size) / 640))
+
+
 def draw_detection(image: Any, result: Any, class_names: Sequence[str] | None = None,
-                   score_thr: float = 0.0, position: str = "top") -> Image.Image:
-    """Boxes with class names and scores, plus a banner: "gated (normal) p=0.12" when the
-    gate skipped the heads, else "gate p=0.93 | 3 detections" (no gate: just the count).
-    ``image`` must be at the result's (original) resolution."""
-    img = draw_boxes(image, result.boxes, result.labels, result.scores, class_names=class_names,
-                     score_thr=score_thr)
+                   gt: Any = None, score_thr: float = 0.0, position: str = "top") -> Image.Image:
+    """Boxes with class names and scores ("scratch 0.87"), plus a banner: "gated (normal)
+    p=0.12" when the gate skipped the heads, else "gate p=0.93 | 3 detections".
+
+    ``image`` is the ORIGINAL picture: ``DetectionResult`` boxes are in its pixels.
+    ``gt``: optional ``{"boxes": (M, 4) XYXY in the same pixels, "labels": (M,)}``, drawn
+    first in green as "GT <name>" (the banner then also gives the GT box count).
+    Line width and font grow with the picture (:func:`line_scale`).
+    """
+    img = to_pil(image)
+    k = line_scale(img)
+    if isinstance(gt, dict) and gt.get("boxes") is not None:
+        gt_names = ["GT " + str(c) for c in class_names] if class_names is not None else None
+        labels = gt.get("labels")
+        img = draw_boxes(img, gt["boxes"], labels if labels is not None and gt_names else None,
+                         class_names=gt_names, color=OK_COLOR, width=2 * k, font_size=12 * k)
+    img = draw_boxes(img, result.boxes, result.labels, result.scores, class_names=class_names,
+                     score_thr=score_thr, width=2 * k, font_size=12 * k)
     n = int((result.scores >= score_thr).sum()) if len(result) else 0
     if result.gated:
         text = "gated (normal)" + (f" p={result.gate_score:.2f}" if result.gate_score is not None else "")
@@ -296,28 +323,57 @@ def draw_detection(image: Any, result: Any, class_names: Sequence[str] | None = 
         text = (f"gate p={result.gate_score:.2f} | " if result.gate_score is not None else "") + \
             f"{n} detection{'s' if n != 1 else ''}"
         color = (30, 30, 30)
-    return draw_banner(img, text, color=color, position=position)
+    if isinstance(gt, dict) and gt.get("boxes") is not None:
+        text += f" | GT {len(_as_numpy(gt['boxes']).reshape(-1, 4))} boxes (green)"
+    return draw_banner(img, text, color=color, position=position, font_size=14 * k)
 
 
-# result type -> drawing function(image, result, class_names, gt); families add theirs
+# result type -> (drawing function(image, result, class_names, gt), maps in model-input pixels)
 _DRAWERS: dict = {}
 
 
-def register_drawer(result_type: type, fn) -> None:
-    """Teach :func:`draw_result` to draw ``result_type`` with ``fn(image, result, class_names, gt)``."""
-    _DRAWERS[result_type] = fn
+def register_drawer(result_type: type, fn, input_pixels: bool = False) -> None:
+    """Teach :func:`draw_result` to draw ``result_type`` with ``fn(image, result, class_names, gt)``.
+
+    ``input_pixels=True`` declares that the result's maps are in the model's input pixels
+    (after the pipeline's resize/crop, e.g. ``AnomalyResult``): ``fn`` then receives the
+    part of the original picture that the model saw (``frame`` of :func:`draw_result`)."""
+    _DRAWERS[result_type] = (fn, bool(input_pixels))
 
 
 def draw_result(image: Any, result: Any, class_names: Sequence[str] | None = None,
-                gt: int | None = None) -> Image.Image:
-    """Draw any per-image result of ``model.predict`` (dispatch on its type)."""
+                gt: Any = None, pipeline: Any = None) -> Image.Image:
+    """Draw any per-image result of ``model.predict`` (dispatch on its type): THE entry point
+    of ``tools/infer.py`` and ``tools/test.py``.
+
+    ``image``: the ORIGINAL picture (PIL, or a [0, 1] / uint8 tensor or array as decoded by
+    ``load_image``), never the pipeline-resized one: results in original pixels (detection
+    boxes, segmentation masks) land on target, maps of other sizes are resized to it
+    (masks nearest, heat-maps bilinear). ``class_names``: names of the result's class
+    indices. ``gt``: the sample's ground truth for the result's ``gt_key`` (image label,
+    mask in original pixels, or ``{"boxes", "labels"}`` in original pixels), or None.
+    ``pipeline``: the test pipeline that made the model's input from ``image``; for results
+    registered with ``input_pixels=True`` (maps in model-input pixels) the drawer gets the
+    region of ``image`` that input covered (:func:`~defectkit.visualization.input_frame`,
+    e.g. the centre after ``Resize`` + ``CenterCrop``); None: the whole image.
+    Returns a new RGB ``PIL.Image``; raises TypeError for a result type nobody registered.
+    """
     from ..structures import ClassificationResult, DetectionResult
 
     if isinstance(result, ClassificationResult):
         return draw_classification(image, result, class_names, gt=gt)
     if isinstance(result, DetectionResult):
-        return draw_detection(image, result, class_names)
-    for result_type, fn in _DRAWERS.items():
+        return draw_detection(image, result, class_names, gt=gt)
+    for result_type, (fn, input_pixels) in _DRAWERS.items():
         if isinstance(result, result_type):
-            return fn(image, result, class_names, gt)
+            img = to_pil(image)
+            if input_pixels and pipeline is not None:
+                from .frame import input_frame
+
+                x0, y0, x1, y1 = (int(round(v)) for v in input_frame(pipeline, img.height, img.width))
+                if (x0, y0, x1, y1) != (0, 0, img.width, img.height) and x1 > x0 and y1 > y0:
+                    img = img.crop((x0, y0, x1, y1))
+                    if isinstance(gt, (torch.Tensor, np.ndarray)) and gt.ndim >= 2:   # a GT mask
+                        gt = gt[..., max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+            return fn(img, result, class_names, gt)
     raise TypeError(f"no drawing for results of type {type(result).__name__}")
