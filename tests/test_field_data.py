@@ -369,3 +369,20 @@ def test_labelme_size_mismatch_names_image_and_json(tmp_path):
     assert "img/a.jpg: image is 40x30" in msg
     assert str(lm / "a.json") in msg and "imageWidth/imageHeight 41x30" in msg
     assert "EXIF" not in msg                          # no orientation tag: no EXIF hint
+
+
+def test_exif_orientation_is_a_key_of_every_dataset(tmp_path):
+    import inspect
+
+    from defectkit.registry import DATASETS
+    missing = [n for n in DATASETS.keys()
+               if "exif_orientation" not in inspect.signature(DATASETS.get(n)).parameters]
+    assert missing == []
+    exif_jpeg(tmp_path / "cls/good/a.jpg", 48, 32)
+    for flag, shape in ((True, (3, 32, 48)), (False, (3, 48, 32))):   # built from a config dict
+        ds = DATASETS.build({"type": "ImageFolderDataset", "root": str(tmp_path / "cls"),
+                             "exif_orientation": flag})
+        assert tuple(ds[0]["image"].shape) == shape
+        ds = DATASETS.build({"type": "FolderAnomalyDataset", "normal_dir": str(tmp_path / "cls"),
+                             "exif_orientation": flag})
+        assert tuple(ds[0]["image"].shape) == shape
