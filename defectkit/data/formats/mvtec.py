@@ -8,8 +8,10 @@ MVTec AD (one category)::
     <root>/<category>/ground_truth/<defect_type>/<stem>_mask.png   (0 / 255)
 
 ``train`` is ``train/good`` only; ``test`` is ``test/good`` (normal) plus every
-``test/<defect_type>`` with its ground-truth mask. Masks are binary (non-zero -> 1);
-normal images get an all-zero mask. ``meta['defect_type']`` is ``good`` or the type.
+``test/<defect_type>`` with its ground-truth mask. Masks are binary (non-zero -> 1),
+decoded when a sample is loaded by ``images.decode_mask`` (any of its modes, by real
+values); a mask whose size is not its image's is an error naming both files.
+Normal images get an all-zero mask. ``meta['defect_type']`` is ``good`` or the type.
 
 Folder layout (``read_anomaly_folders``): ``normal_dir`` (normal images),
 ``abnormal_dir`` (defective images, directly or in ``<defect_type>/`` subfolders)
