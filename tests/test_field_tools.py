@@ -133,3 +133,36 @@ def test_padim_warns_when_calibration_rests_on_few_images(caplog, monkeypatch):
         model = _padim_fit(40, 0.5)                                         # 20 held out: enough
     assert model.record["num_val"] == 20
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+# ----------------------------------------------------------------------------- export --check
+def test_export_check_prints_verdict_and_fails_below_tolerance(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    from PIL import Image
+
+    model = _padim_fit(24, 0.25)
+    ckpt = tmp_path / "padim.pth"
+    torch.save({"state_dict": model.state_dict(), "meta": {"classes": ["good", "defect"]}}, ckpt)
+    good = tmp_path / "val_good"
+    good.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(good / f"{i}.png")
+    cfg = {"model": {"type": "PaDiM", "backbone": "small_cnn", "pretrained": None, "num_features": 24,
+                     "image_size": 32, "crop_size": None, "layers": ["layer1", "layer2", "layer3"],
+                     "calibration": {"val_ratio": 0.25}},
+           "data": {"test": {"type": "FolderAnomalyDataset", "normal_dir": str(good)}}}
+    cfg_path = tmp_path / "padim.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    export = tool("export")
+    args = [str(cfg_path), str(ckpt), "--out", str(tmp_path / "m.onnx"), "--check"]
+    assert export.main(args) == 0
+    out = capsys.readouterr().out
+    assert "check PASSED on 3 images of data.test" in out and "tolerance 0.0001" in out
+    assert export.main(args + ["--atol", "0"]) == 1                       # float error > 0: FAIL
+    out = capsys.readouterr().out
+    assert "check FAILED on 3 images of data.test" in out and "raw_map" in out and "tolerance 0 x" in out
+    # the verdict itself: NaN fails, the scale makes raw scores relative
+    assert export.verdict({"a": (float("nan"), 1.0)}, 1e-4)[0] is False
+    assert export.verdict({"raw": (5e-3, 100.0), "norm": (5e-5, 1.0)}, 1e-4) == (True, [])

@@ -10,7 +10,10 @@ antialias: ONNX has no antialiased resize) and centre-crops as the model's pre-p
 Outputs (PaDiM): ``anomaly_map`` (B, 1, S, S) and ``pred_score`` (B,) normalised to [0, 1]
 (0.5 = fitted threshold), ``raw_map`` and ``raw_score`` (unnormalised).
 ``--check`` runs onnxruntime on the first data.test images (random ones when those are not
-H x W) and prints the max abs difference to PyTorch per output.
+H x W), prints the max abs difference to PyTorch per output and a verdict: PASS when every
+output is within ``--atol`` (default 1e-4) times max(1, the largest |PyTorch value| of that
+output) -- absolute for the normalised outputs in [0, 1], relative for the raw scores --
+with the number of images checked; FAIL exits with status 1.
 """
 import argparse
 import sys
@@ -30,7 +33,11 @@ def parse_args(argv=None):
                    help="input height and width (default: the model's input size)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--out", help="default: work_dirs/<config-stem>/<checkpoint-stem>.onnx")
-    p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch")
+    p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch; exit 1 on FAIL")
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="--check tolerance per output: max abs diff <= ATOL * max(1, max |PyTorch output|) "
+                        "(default 1e-4)")
+    p.add_argument("--num-images", type=int, default=4, metavar="N", help="--check: how many images (default 4)")
     add_cfg_options(p)
     return p.parse_args(argv)
 
@@ -81,9 +88,11 @@ def export_onnx(model, out_path, height: int, width: int, opset: int = 17) -> Pa
     return out_path
 
 
-def check_onnx(model, path, height: int, width: int, batch: int = 2, seed: int = 0, images=None) -> dict:
+def check_onnx(model, path, height: int, width: int, batch: int = 2, seed: int = 0, images=None,
+               with_scale: bool = False) -> dict:
     """Max abs difference per output between onnxruntime and PyTorch on ``images``
-    (B, 3, H, W) or random images (which saturate the normalised outputs)."""
+    (B, 3, H, W) or random images (which saturate the normalised outputs).
+    ``with_scale``: values are ``(max abs diff, max |PyTorch value|)``."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -94,7 +103,18 @@ def check_onnx(model, path, height: int, width: int, batch: int = 2, seed: int =
         ref = [t.numpy() for t in export_wrapper(model)(x)]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(list(OUTPUTS), {"image": x.numpy()})
-    return {k: float(np.abs(a - b).max()) for k, a, b in zip(OUTPUTS, ref, got)}
+    diffs = {k: float(np.abs(a - b).max()) for k, a, b in zip(OUTPUTS, ref, got)}
+    if not with_scale:
+        return diffs
+    return {k: (diffs[k], float(np.abs(a).max())) for k, a in zip(OUTPUTS, ref)}
+
+
+def verdict(diffs: dict, atol: float) -> tuple[bool, list[str]]:
+    """``diffs``: output -> (max abs diff, max |reference|). Passes when every diff is
+    <= ``atol * max(1, scale)``; returns (passed, the outputs over their tolerance)."""
+    over = [f"{k} {d:.2e} > {atol * max(1.0, s):.2e}" for k, (d, s) in diffs.items()
+            if not d <= atol * max(1.0, s)]          # `not <=`: a NaN difference fails
+    return not over, over
 
 
 def test_images(cfg, h: int, w: int, n: int = 4):
@@ -123,10 +143,17 @@ def main(argv=None):
     export_onnx(model, out, h, w, args.opset)
     print(f"wrote {out} (input image: B x 3 x {h} x {w} float32 in [0, 1]; outputs {', '.join(OUTPUTS)})")
     if args.check:
-        images = test_images(cfg, h, w)
-        diffs = check_onnx(model, out, h, w, images=images)
-        print(f"checked on {'the first test images' if images is not None else 'random images'}")
-        print("onnxruntime vs PyTorch, max abs diff: " + "  ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+        images = test_images(cfg, h, w, args.num_images)
+        n = len(images) if images is not None else args.num_images
+        diffs = check_onnx(model, out, h, w, batch=n, images=images, with_scale=True)
+        what = "of data.test" if images is not None else "random (data.test is missing or not H x W)"
+        print("onnxruntime vs PyTorch, max abs diff: " + "  ".join(f"{k} {d:.2e}" for k, (d, _) in diffs.items()))
+        passed, over = verdict(diffs, args.atol)
+        tol = f"tolerance {args.atol:g} x max(1, max |PyTorch output|) per output"
+        if not passed:
+            print(f"check FAILED on {n} images {what}: {'; '.join(over)} ({tol})")
+            return 1
+        print(f"check PASSED on {n} images {what}: every output within {tol}")
     return 0
 
 
