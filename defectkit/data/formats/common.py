@@ -138,7 +138,11 @@ _SWAPS_AXES = (5, 6, 7, 8)  # orientations whose display swaps width and height
 
 
 def orientation_tag(im) -> int:
-    """The EXIF Orientation (1..8) of an open PIL image; 1 when absent or unreadable."""
+    """The EXIF Orientation (1..8) of a just-opened PIL image, from its header only; 1 when
+    absent or unreadable. (PIL's ``getexif`` on a PNG without an eXIf chunk before the
+    pixels decodes the whole image to look behind them; a header-only size must not.)"""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
     try:
         v = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
     except Exception:   # a broken EXIF block must not hide the image

@@ -30,10 +30,9 @@ def open_image(path: str | os.PathLike, exif_orientation: bool = True, what: str
     or cannot be decoded (``what`` names the kind of file in the message)."""
     try:
         with Image.open(path) as im:
+            turn = exif_orientation and orientation_tag(im) != 1   # the header's tag, as image_size
             im.load()   # decodes the pixels: a truncated file fails here, by name
-            out = im
-            if exif_orientation and orientation_tag(im) != 1:
-                out = ImageOps.exif_transpose(im)
+            out = ImageOps.exif_transpose(im) if turn else im
             if convert is not None:
                 out = convert(out)
             return out if out is not im else im.copy()   # never the closed file's image
