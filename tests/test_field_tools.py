@@ -166,3 +166,27 @@ def test_export_check_prints_verdict_and_fails_below_tolerance(tmp_path, capsys)
     # the verdict itself: NaN fails, the scale makes raw scores relative
     assert export.verdict({"a": (float("nan"), 1.0)}, 1e-4)[0] is False
     assert export.verdict({"raw": (5e-3, 100.0), "norm": (5e-5, 1.0)}, 1e-4) == (True, [])
+
+
+# ----------------------------------------------------------------------------- plot_logs
+def test_plot_logs_integer_ticks_and_no_memory_curve(tmp_path, capsys):
+    from defectkit.visualization.plots import scalars_figure
+
+    log = tmp_path / "scalars.jsonl"
+    recs = [{"mode": "train", "step": s, "epoch": 1, "iter": s, "lr": 0.01, "loss": 1.0 / s, "loss_cls": 0.5 / s,
+             "memory_mb": 700.0 + s} for s in (1, 2, 3)]
+    recs.append({"mode": "val", "step": 3, "epoch": 1, "iter": 3, "accuracy": 0.5})
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    fig = scalars_figure(log)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["loss", "loss_cls", "accuracy (val)", "lr"]
+    assert all("memory" not in line.get_label() for ax in fig.axes for line in ax.lines)
+    for ax in fig.axes:
+        fig.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+    assert [ax.get_title() for ax in scalars_figure(log, keys=["memory_mb"]).axes] == ["memory_mb"]
+
+    assert tool("plot_logs").main([str(tmp_path)]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

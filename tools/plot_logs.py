@@ -3,8 +3,10 @@
     python tools/plot_logs.py work_dirs/resnet18_tiny_synth/scalars.jsonl
     python tools/plot_logs.py work_dirs/resnet18_tiny_synth --keys loss_cls f1_macro --out curves.png
 
-One panel per key (default: every loss and every validation metric), one line per mode
-(train / val); the x axis is the training iteration.
+One panel per key (default: every loss, the learning rate and every validation metric),
+one line per mode (train / val); the x axis is the training iteration, with integer
+ticks only. ``memory_mb`` (and other memory readings) is left out of the default panels:
+it is a resource reading, not a learning curve; ``--keys memory_mb`` plots it on its own.
 """
 import argparse
 import sys
@@ -16,7 +18,7 @@ import _common  # noqa: F401  (source-checkout import path)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("log", help="scalars.jsonl, or a work dir containing it")
-    p.add_argument("--keys", nargs="+", help="which scalars to plot (default: losses + val metrics)")
+    p.add_argument("--keys", nargs="+", help="which scalars to plot (default: losses, lr and val metrics; memory_mb only when named)")
     p.add_argument("--out", help="PNG path (default: next to the log, curves.png)")
     return p.parse_args(argv)
 

@@ -125,6 +125,11 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], out_
 _NOT_PLOTTED = {"step", "iter", "epoch", "mode", "time", "data_time", "eta", "memory"}
 
 
+def _is_memory(key: str) -> bool:
+    """``memory_mb`` and the like: a resource reading, not a learning curve."""
+    return key.startswith("memory") or key.endswith("_mb")
+
+
 def read_scalars(path: str | os.PathLike) -> list[dict]:
     """Read ``scalars.jsonl`` (one JSON object per line); unreadable lines are skipped
     (e.g. the last line of a run that is still writing)."""
@@ -147,14 +152,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def plot_scalars(scalars: str | os.PathLike | Iterable[dict], out_path: str | os.PathLike,
-                 keys: Sequence[str] | None = None, x: str = "step", ncols: int = 3) -> str:
-    """One subplot per metric key, one line per ``mode`` (train / val ...), against ``x``.
+def scalars_figure(scalars: str | os.PathLike | Iterable[dict], keys: Sequence[str] | None = None,
+                   x: str = "step", ncols: int = 3):
+    """The matplotlib ``Figure`` that :func:`plot_scalars` saves (one axis per key; each
+    line is labelled with its mode). Integer x values (steps, iterations, epochs) get
+    integer ticks only."""
+    from matplotlib.ticker import MaxNLocator
 
-    ``scalars`` is a path to ``scalars.jsonl`` or the list of its records
-    (``{"step": 120, "mode": "train", "loss": 0.41, "lr": 0.0025, ...}``). Without ``keys``
-    every numeric key except step/epoch/time-like ones is plotted, losses first.
-    """
     records = read_scalars(scalars) if isinstance(scalars, (str, os.PathLike)) else list(scalars)
     series: dict[str, dict[str, tuple[list, list]]] = defaultdict(lambda: defaultdict(lambda: ([], [])))
     for i, rec in enumerate(records):
@@ -163,7 +167,11 @@ def plot_scalars(scalars: str | os.PathLike | Iterable[dict], out_path: str | os
             continue
         mode = str(rec.get("mode", "train"))
         for k, v in rec.items():
-            if k in _NOT_PLOTTED or not _is_number(v) or (keys is not None and k not in keys):
+            if not _is_number(v) or k == x:
+                continue
+            if keys is None and (k in _NOT_PLOTTED or _is_memory(k)):
+                continue
+            if keys is not None and k not in keys:
                 continue
             xs, ys = series[k][mode]
             xs.append(xv)
@@ -183,6 +191,11 @@ def plot_scalars(scalars: str | os.PathLike | Iterable[dict], out_path: str | os
         for mode, (xs, ys) in sorted(series[k].items()):
             style = "-" if len(xs) > 1 else "o"
             ax.plot(xs, ys, style, lw=1.2, ms=4, label=mode)
+        xs_all = [v for xs, _ in series[k].values() for v in xs]
+        if all(float(v).is_integer() for v in xs_all):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if max(xs_all) - min(xs_all) < 2:      # one or two steps: give the locator whole steps
+                ax.set_xlim(min(xs_all) - 1, max(xs_all) + 1)
         modes = list(series[k])
         only = f" ({modes[0]})" if len(modes) == 1 and modes[0] != "train" else ""
         ax.set_title(k + only, fontsize=10)
@@ -191,4 +204,17 @@ def plot_scalars(scalars: str | os.PathLike | Iterable[dict], out_path: str | os
         ax.grid(alpha=0.3)
         if len(series[k]) > 1:
             ax.legend(fontsize=7)
-    return _save(fig, out_path)
+    return fig
+
+
+def plot_scalars(scalars: str | os.PathLike | Iterable[dict], out_path: str | os.PathLike,
+                 keys: Sequence[str] | None = None, x: str = "step", ncols: int = 3) -> str:
+    """One subplot per metric key, one line per ``mode`` (train / val ...), against ``x``.
+
+    ``scalars`` is a path to ``scalars.jsonl`` or the list of its records
+    (``{"step": 120, "mode": "train", "loss": 0.41, "lr": 0.0025, ...}``). Without ``keys``
+    every numeric key is plotted, losses first, except step/epoch/time-like keys and
+    memory readings (``memory_mb``: not a learning curve; name it in ``keys`` to plot it).
+    Integer steps get integer ticks.
+    """
+    return _save(scalars_figure(scalars, keys, x, ncols), out_path)
