@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 from helpers_toy import toy_config
-from helpers_tools import ROOT, TOOLS
+from helpers_tools import ROOT, TOOLS, tool
 
 from defectkit.config import load_config
 from defectkit.engine import Trainer, init_model, load_checkpoint
@@ -260,3 +260,42 @@ def test_tools_print_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "notes.txt" in proc.stderr
     proc = _tool("test", cfg_file, text, "--out-dir", tmp_path / "out", env={"DEFECTKIT_DEBUG": "1"})
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
+
+
+def test_run_main_sorts_user_errors_from_bugs(monkeypatch, capsys):
+    tool("train")                                        # puts tools/ (and _common.py) on sys.path
+    from _common import run_main
+
+    from defectkit.config import ConfigError
+    from defectkit.data.formats.common import DataFormatError
+    from defectkit.engine.builders import check_pretrained
+
+    def exits(fn, argv=("tool",)):
+        monkeypatch.setattr(sys, "argv", list(argv))
+        with pytest.raises(SystemExit) as info:
+            run_main(fn)
+        return info.value.code, capsys.readouterr().err.strip()
+
+    def raising(exc):
+        def main():
+            raise exc
+        return main
+
+    monkeypatch.delenv("DEFECTKIT_DEBUG", raising=False)
+    assert exits(raising(ConfigError("a.b: bad"))) == (2, "config error: a.b: bad")
+    worker = DataFormatError("Caught DataFormatError in DataLoader worker process 0.\nOriginal Traceback "
+                             "(most recent call last):\n  File \"x.py\", line 1\nDataFormatError: x.json: box 3 "
+                             "outside the image\n")
+    assert exits(raising(worker)) == (2, "data error: x.json: box 3 outside the image")
+    code, err = exits(lambda: check_pretrained({"pretrained": "nope/smallcnn.pth"}))
+    assert code == 2 and err.startswith("file error: model.pretrained: weights file 'nope/smallcnn.pth' not found")
+    assert exits(lambda: sys.exit("export: not exportable")) == (2, "export: not exportable")
+    assert exits(lambda: 0) == (0, "") and exits(lambda: 1) == (1, "")
+    with pytest.raises(ZeroDivisionError):                # a bug keeps its traceback
+        exits(lambda: 1 / 0)
+    seen = []
+    monkeypatch.setenv("DEFECTKIT_DEBUG", "0")             # restored after the test
+    monkeypatch.setattr(sys, "argv", ["tool", "--debug", "cfg.yaml"])
+    with pytest.raises(ConfigError):                       # --debug: the traceback, argv cleaned
+        run_main(lambda: seen.append(list(sys.argv)) or (_ for _ in ()).throw(ConfigError("x")))
+    assert seen == [["tool", "cfg.yaml"]] and os.environ["DEFECTKIT_DEBUG"] == "1"
