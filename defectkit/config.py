@@ -523,6 +523,7 @@ def validate_config(cfg: dict) -> None:
     """Raise ConfigError for the first unknown key or type in ``cfg``."""
     import defectkit  # noqa: F401  - make sure every module has registered
 
+    check_value(cfg.get("custom_imports"), list[str] | None, "custom_imports")
     import_custom(cfg.get("custom_imports") or [])
     _validate(cfg, ROOT_SCHEMA, "")
 

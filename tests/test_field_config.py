@@ -110,6 +110,15 @@ def test_real_constructors_and_option_dataclasses():
     validate_config({"lr_schedule": {"type": "StepLR", "milestones": 8}})   # an int is accepted
 
 
+def test_plain_top_level_sections_are_typed():
+    assert err({"seed": "abc"}) == "seed: expected int, got str 'abc'"
+    assert err({"deterministic": "yes"}) == "deterministic: expected bool, got str 'yes'"
+    assert err({"custom_imports": "my_pkg"}) == "custom_imports: expected list[str] | None, got str 'my_pkg'"
+    assert err({"classes": "scratch"}) == "classes: expected list[str], got str 'scratch'"
+    validate_config({"seed": 0, "deterministic": False, "device": None, "work_dir": "w",
+                     "classes": ["a", "b"], "load_from": None})
+
+
 def test_options_from_checks_types_when_built_from_python():
     with pytest.raises(ConfigError, match=r"^gate.ratio: expected float, got str 'x'$"):
         options_from(_Opts, {"ratio": "x"}, "gate")

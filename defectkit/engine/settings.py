@@ -93,9 +93,10 @@ def _declare() -> None:
     register_section("train", TrainSettings)
     register_section("evaluation", EVALUATORS)
     register_section("benchmark", BenchmarkSettings)
-    for plain in ("seed", "deterministic", "work_dir", "custom_imports", "device",
-                  "load_from", "classes"):
-        register_section(plain, None)
+    for plain, annotation in (("seed", int), ("deterministic", bool), ("work_dir", str),
+                              ("custom_imports", list[str]), ("device", str), ("load_from", str),
+                              ("classes", list[str])):
+        register_section(plain, annotation)   # a type annotation: the value is type-checked
 
 
 _declare()
