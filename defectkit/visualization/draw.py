@@ -324,7 +324,8 @@ def draw_detection(image: Any, result: Any, class_names: Sequence[str] | None = 
             f"{n} detection{'s' if n != 1 else ''}"
         color = (30, 30, 30)
     if isinstance(gt, dict) and gt.get("boxes") is not None:
-        text += f" | GT {len(_as_numpy(gt['boxes']).reshape(-1, 4))} boxes (green)"
+        m = len(_as_numpy(gt["boxes"]).reshape(-1, 4))
+        text += f" | GT {m} box{'es' if m != 1 else ''} (green)"
     return draw_banner(img, text, color=color, position=position, font_size=14 * k)
 
 
