@@ -190,3 +190,50 @@ def test_plot_logs_integer_ticks_and_no_memory_curve(tmp_path, capsys):
 
     assert tool("plot_logs").main([str(tmp_path)]) == 0
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- progress
+def _record_progress(monkeypatch, module):
+    """Make ``module.track`` write its plain lines at every item into a buffer."""
+    from defectkit import progress
+
+    buf = io.StringIO()
+    monkeypatch.setenv("DEFECTKIT_PROGRESS", "1")
+
+    def track(iterable, total=None, desc="", unit="it", **_):
+        return progress.track(iterable, total=total, desc=desc, unit=unit, every_s=0.0, stream=buf)
+
+    monkeypatch.setattr(module, "track", track)
+    return buf
+
+
+def test_progress_in_make_synth_browse_and_benchmark(tmp_path, monkeypatch):
+    from defectkit.data.synth import generate, generator
+
+    buf = _record_progress(monkeypatch, generator)
+    generate("fabric", tmp_path / "synth", num_images=6, size="64x64", seed=0, workers=1)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("make_synth fabric: 1/6 img (17%)") and "ETA" in lines[0]
+    assert lines[-1].startswith("make_synth fabric: 6/6 img (100%)") and lines[-1].endswith("done")
+
+    cfg = toy_config()
+    cfg["data"]["test"] = cfg["data"]["val"]
+    cfg_path = tmp_path / "toy.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    coco = {"type": "CocoDataset", "ann_file": str(tmp_path / "synth/coco/annotations/instances_train.json"),
+            "img_dir": str(tmp_path / "synth/images")}
+    coco_cfg = tmp_path / "coco.yaml"
+    coco_cfg.write_text(yaml.safe_dump({"data": {"train": coco}}))
+    browse = tool("browse_dataset")
+    buf = _record_progress(monkeypatch, browse)
+    assert browse.main([str(coco_cfg), "--out-dir", str(tmp_path / "vis"), "--num", "3"]) == 0
+    assert buf.getvalue().splitlines()[-1].startswith("browse train: 3/3 img (100%)")
+    assert len(list((tmp_path / "vis").glob("0*.png"))) == 3
+
+    bench = tool("benchmark")
+    buf = _record_progress(monkeypatch, bench)
+    assert bench.main([str(cfg_path), "--warmup", "1", "--iters", "4", "--device", "cpu",
+                       "--out", str(tmp_path / "b.json")]) == 0
+    text = buf.getvalue()
+    assert "benchmark: loading data: 5/5 batch (100%)" in text and "benchmark: model calls: 5/5 call (100%)" in text
+    assert json.loads((tmp_path / "b.json").read_text())["iters"] == 4
