@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import numbers
 import os
 import types
 import typing
@@ -313,7 +314,7 @@ def _dataclass_in(annotation) -> type | None:
 _SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable,
               collections.abc.Collection, collections.abc.MutableSequence)
 _MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
-_UNION = (typing.Union, types.UnionType)
+_UNION = (typing.Union, getattr(types, "UnionType", typing.Union))   # X | Y: Python >= 3.10
 
 
 def _accepts(t: Any, v: Any) -> bool:
@@ -332,13 +333,11 @@ def _accepts(t: Any, v: Any) -> bool:
     if t is bool:
         return isinstance(v, bool)
     if t is int:
-        return isinstance(v, int) and not isinstance(v, bool)
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if t is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
     if t is str:
         return isinstance(v, str)
-    if isinstance(t, type) and issubclass(t, os.PathLike):
-        return isinstance(v, (str, t))
     if t in _SEQUENCES or origin in _SEQUENCES:
         if not isinstance(v, (list, tuple)):
             return False
@@ -350,11 +349,11 @@ def _accepts(t: Any, v: Any) -> bool:
             return False
         return len(args) != 2 or all(_accepts(args[0], k) and _accepts(args[1], x)
                                      for k, x in v.items())
-    if _is_dataclass_type(t):
-        return isinstance(v, (dict, t))
-    if isinstance(t, type):   # a class built by its parent from a dict (or given ready)
-        return isinstance(v, (dict, t))
-    return True
+    if origin is not None or not isinstance(t, type):
+        return True
+    if issubclass(t, os.PathLike):
+        return isinstance(v, (str, t))
+    return isinstance(v, (dict, t))   # a dataclass or a class the parent builds from a dict
 
 
 def _type_name(t: Any) -> str:
@@ -377,7 +376,7 @@ def _type_name(t: Any) -> str:
 
 def _unwritable(t: Any) -> bool:
     """A class no YAML value can be (e.g. torch.Tensor in ``float | Tensor``)."""
-    return (isinstance(t, type) and t not in (bool, int, float, str, list, tuple, dict, type(None))
+    return (isinstance(t, type) and typing.get_origin(t) is None and t not in (bool, int, float, str, list, tuple, dict, type(None))
             and not _is_dataclass_type(t) and not issubclass(t, os.PathLike)
             and t not in _SEQUENCES and t not in _MAPPINGS)
 
@@ -404,7 +403,8 @@ def _hints(target: Any) -> dict:
     except Exception:  # noqa: BLE001 - resolve one by one, skipping unresolvable forward refs
         pass
     out = {}
-    ns = getattr(inspect.unwrap(target), "__globals__", {})
+    module = inspect.getmodule(target)
+    ns = getattr(target, "__globals__", None) or (vars(module) if module else {})
     for name, ann in getattr(target, "__annotations__", {}).items():
         try:
             out[name] = eval(ann, ns) if isinstance(ann, str) else ann  # noqa: S307 - module annotations
@@ -523,7 +523,7 @@ def validate_config(cfg: dict) -> None:
     """Raise ConfigError for the first unknown key or type in ``cfg``."""
     import defectkit  # noqa: F401  - make sure every module has registered
 
-    check_value(cfg.get("custom_imports"), list[str] | None, "custom_imports")
+    check_value(cfg.get("custom_imports"), typing.Optional[list[str]], "custom_imports")
     import_custom(cfg.get("custom_imports") or [])
     _validate(cfg, ROOT_SCHEMA, "")
 

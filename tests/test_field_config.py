@@ -110,6 +110,20 @@ def test_real_constructors_and_option_dataclasses():
     validate_config({"lr_schedule": {"type": "StepLR", "milestones": 8}})   # an int is accepted
 
 
+def test_unresolvable_annotation_is_skipped_others_still_checked():
+    import types
+
+    mod = types.ModuleType("_field_cfg_fwd")
+    exec("from __future__ import annotations\n"
+         "class Fwd:\n"
+         "    def __init__(self, x: int = 0, y: NotImported = None, z: str | None = None): pass\n",
+         mod.__dict__)
+    sys.modules[mod.__name__] = mod
+    MODELS.register("_FieldCfgFwd", mod.Fwd)
+    validate_config({"model": {"type": "_FieldCfgFwd", "y": [object()], "z": None}})
+    assert err({"model": {"type": "_FieldCfgFwd", "x": "1"}}) == "model.x: expected int, got str '1'"
+
+
 def test_plain_top_level_sections_are_typed():
     assert err({"seed": "abc"}) == "seed: expected int, got str 'abc'"
     assert err({"deterministic": "yes"}) == "deterministic: expected bool, got str 'yes'"
