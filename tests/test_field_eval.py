@@ -292,6 +292,7 @@ def test_anomaly_auroc_without_normal_images_is_nan_and_says_why():
     m = ev.compute()
     assert math.isnan(m["image_auroc"])
     assert m["image_auroc_note"] == "no normal images among the 3 evaluated images"
+    assert m["image_f1_max"] == 1.0 and "image_f1_max_note" not in m       # defined without normals
     assert not math.isnan(m["pixel_auroc"]) and "pixel_auroc_note" not in m   # pixels of both kinds
     assert math.isnan(m["per_defect_type"]["defect"]["image_auroc"])
     assert "image_auroc is nan: no normal images" in ev.summary(m)
@@ -306,6 +307,7 @@ def test_anomaly_pixel_metrics_without_defect_pixels_are_nan_and_say_why():
     m = ev.compute()
     assert math.isnan(m["image_auroc"]) and "no defective images" in m["image_auroc_note"]
     assert math.isnan(m["pixel_auroc"]) and math.isnan(m["aupro"])
+    assert m["image_f1_max_note"] == m["image_auroc_note"] and "pixel_f1_max_note" in m
     assert m["pixel_auroc_note"] == m["aupro_note"] == \
         "the ground-truth masks have no defect pixels among the 8 evaluated pixels"
     text = ev.summary(m)

@@ -224,6 +224,8 @@ class AnomalyEvaluator(BaseEvaluator):
         if note:                           # AUROC needs both classes: it stays nan, and says why
             out["image_auroc_note"] = note
         out["image_f1_max"], out["image_f1_max_threshold"] = f1_max(scores, labels)
+        if note and math.isnan(out["image_f1_max"]):      # F1 needs defective images
+            out["image_f1_max_note"] = note
         if all(r["pred_label"] is not None for r in recs):
             out["image_f1"] = f1_score([r["pred_label"] for r in recs], labels)
         self._curves = {}
@@ -236,6 +238,8 @@ class AnomalyEvaluator(BaseEvaluator):
             if note:
                 out["pixel_auroc_note"] = out["aupro_note"] = f"the ground-truth masks have {note}"
             out["pixel_f1_max"], out["pixel_f1_max_threshold"] = f1_max(pix, gt)
+            if note and math.isnan(out["pixel_f1_max"]):
+                out["pixel_f1_max_note"] = f"the ground-truth masks have {note}"
             if all(r["pred_mask"] is not None for r in with_mask):
                 out["pixel_f1"] = f1_score(np.concatenate([r["pred_mask"].ravel() for r in with_mask]), gt)
             if note:                       # PRO needs defect regions and an FPR needs background
