@@ -179,6 +179,15 @@ def test_run_inference_drops_unreadable_sample(tmp_path, batch_size, workers):
     assert m["num_defective"] == 3 and m["num_normal"] == 2
 
 
+def test_every_sample_unreadable_is_one_clear_error(tmp_path):
+    from defectkit.data.formats.common import DataFormatError
+
+    ann = write_coco(tmp_path, corrupt=0)
+    ds = CocoDataset(str(ann), str(tmp_path / "img"), skip_invalid=True, max_images=1)
+    with pytest.raises(DataFormatError, match="every sample was unreadable.*im0.jpg"):
+        run_inference(NoisyOracle(str(ann)), build_eval_loader(ds), DetectionEvaluator(dataset=ds), "cpu")
+
+
 def test_test_tool_skips_and_names_an_unreadable_image(tmp_path, capsys):
     ann = write_coco(tmp_path, corrupt=1)
     cfg = tmp_path / "noisy.yaml"

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import torch
 
 from ..data.collate import SKIPPED, is_empty_batch, to_device
+from ..data.formats.common import DataFormatError
 from ..progress import track
 from .distributed import all_gather_object, broadcast_object, get_world_size, is_main_process, unwrap_model
 
@@ -148,6 +149,8 @@ def run_inference(model: torch.nn.Module, loader: Iterable, evaluator: Any = Non
     out.skipped.sort(key=lambda s: s.get("index", 0))
     if out.skipped and is_main_process():
         logging.getLogger("defectkit").warning(skipped_line(out.skipped))
+    if out.skipped and not out.times and is_main_process():
+        raise DataFormatError(f"nothing to evaluate: every sample was unreadable; {skipped_line(out.skipped)}")
     if evaluator is not None:
         out.metrics = evaluator.compute() if is_main_process() else None
         out.metrics = broadcast_object(out.metrics)
