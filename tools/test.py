@@ -5,7 +5,10 @@
 Prints the metrics table and the model-call time per image (ATT: mean, over GT-normal
 and over GT-defective images), and writes to the output dir (default:
 work_dirs/<config-stem>/test/): metrics.json, predictions.json, plots (confusion
-matrix, curves) and, with --show N, N visualised predictions.
+matrix, curves) and, with --show N, N visualised predictions. Exported predictions keep
+the source's own image and category ids (predictions.bbox.json for a detector). With
+``skip_invalid: true`` an unreadable image is left out (never replaced), printed, and
+listed in metrics.json under ``skipped``; a progress bar with ETA runs meanwhile.
 """
 import argparse
 import json
