@@ -198,13 +198,16 @@ def repair_latest(work_dir: str | os.PathLike) -> str | None:
         update_latest(work_dir, target)
         return f"latest.pth lagged {LAST_CHECKPOINT}: repointed it to {target.name}"
     if target is not None:   # latest.pth is newer than the pointer: name it
-        same = [p for p in work_dir.glob("*.pth") if p.name != LATEST and os.path.samefile(p, newest)]
+        same = sorted((not _PERIODIC_RE.match(p.name), p.name) for p in work_dir.glob("*.pth")
+                      if p.name != LATEST and os.path.samefile(p, newest))   # epoch_N before best_*
+        same = [work_dir / name for _, name in same]
         _write_text_atomic(work_dir / LAST_CHECKPOINT, (same[0].name if same else LATEST) + "\n")
         return f"{LAST_CHECKPOINT} lagged latest.pth: now names {same[0].name if same else LATEST}"
     return None
 
 
 _TMP_RE = re.compile(r"^\..+\.tmp-\d+$")
+_PERIODIC_RE = re.compile(r"^(epoch|iter)_\d+\.pth$")
 
 
 def remove_stale_temp_files(work_dir: str | os.PathLike) -> list[str]:
