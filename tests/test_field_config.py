@@ -183,9 +183,10 @@ def test_train_tool_fails_on_pipeline_value_before_the_work_dir_exists(tmp_path)
     tool = Path(__file__).resolve().parents[1] / "tools" / "train.py"
     proc = subprocess.run([sys.executable, str(tool), str(cfg), "--work-dir", str(tmp_path / "wd")],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert ("config error: data.train.pipeline.1 (RandomFlip): direction: 'vertcal' is not one of "
-            "['horizontal', 'vertical']") in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == ("config error: data.train.pipeline.1 (RandomFlip): direction: 'vertcal' is not "
+                        "one of ['horizontal', 'vertical']")
     assert not (tmp_path / "wd").exists()
 
 
