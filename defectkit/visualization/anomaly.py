@@ -38,12 +38,18 @@ def anomaly_panels(image: Any, anomaly_map: Any, gt_mask: Any = None, pred_mask:
 
 
 def draw_anomaly(image: Any, result: AnomalyResult, class_names: Sequence[str] | None = None,
-                 gt: Any = None) -> Image.Image:
+                 gt: Any = None, max_side: int = 1024) -> Image.Image:
     """image | [GT] | heat-map | [predicted mask] with a title "score 0.734 ANOMALOUS".
 
     ``image``: the (original) picture the model saw; the map and mask (model-input pixels)
-    are resized to it (bilinear / nearest). ``gt``: a GT mask (H, W) (drawn as a panel)
-    or an image label 0/1 (named in the title), or None."""
+    are resized to it (bilinear / nearest). A picture longer than ``max_side`` px is
+    shown at ``max_side`` (the map holds no finer detail; four 4000 px panels would take
+    seconds). ``gt``: a GT mask (H, W) (drawn as a panel) or an image label 0/1 (named in
+    the title), or None."""
+    image = to_pil(image)
+    if max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.LANCZOS)
     vmin, vmax = _map_range(result)
     label = {None: "", 0: " normal", 1: " ANOMALOUS"}[result.pred_label]
     gt_mask = gt if np.ndim(gt) >= 2 else None
