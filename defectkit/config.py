@@ -237,7 +237,9 @@ def apply_options(cfg: dict, options: dict, written: dict | None = None) -> None
                 else:
                     node = _descend(node, idx, where, parts[depth + 1], key, written)
                 continue
-            if p not in node and p.lstrip("-").isdigit():
+            if p not in node and p.lstrip("-").isdigit() and int(p) in node:
+                p = int(p)                          # a YAML mapping with integer keys
+            elif p not in node and p.lstrip("-").isdigit():
                 raise _option_error(key, written, f"'{p}' looks like a list index, but "
                                     f"{where.rpartition('.')[0] or 'the config'} is a mapping")
             if last:
