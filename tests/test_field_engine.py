@@ -146,6 +146,11 @@ def test_inf_batchnorm_statistics_are_never_saved(tmp_path):
     torch.save(bad, tmp_path / "old.pth")
     with pytest.warns(RuntimeWarning, match=r"old.pth: 1 of \d+ tensors hold NaN/Inf: bn.running_var \(inf\)"):
         init_model(cfg, tmp_path / "old.pth", "cpu")
+    # a run resumed from it says so and never names it as the last finite checkpoint
+    t = Trainer(cfg, work_dir=tmp_path / "r", resume=tmp_path / "old.pth")
+    t.close()
+    assert t.iter == 4 and t.last_checkpoint is None
+    assert "bn.running_var (inf): training will not recover" in (tmp_path / "r" / "train.log").read_text()
 
 
 # ----------------------------------------------------------------------------- load_from / model type
