@@ -371,7 +371,8 @@ class Trainer:
                 f"{src}: load_from matched {report.matched} of the model's {report.total} tensors "
                 f"({report.share:.0%}; train.load_from_min_match is {least:g}); {types}"
                 + ("" if stored in (None, wanted) else ": a checkpoint of another model type")
-                + "; give a checkpoint of this model (or its backbone), or lower train.load_from_min_match")
+                + "; give a checkpoint of this model (or of its backbone)"
+                + (", or lower train.load_from_min_match" if report.matched else ""))
         if stored not in (None, wanted):
             self.logger.warning(f"load_from {src}: {types}; {report.matched}/{report.total} tensors matched")
         log = self.logger.info if report.clean else self.logger.warning
