@@ -366,7 +366,7 @@ class Trainer:
         report = load_state_dict(self.model, extract_state_dict(ckpt, src), strict=False, source=src)
         self.load_report = report
         least = self.train_cfg.load_from_min_match
-        if report.matched == 0 or report.share < least:
+        if report.total and (report.matched == 0 or report.share < least):
             raise CheckpointError(
                 f"{src}: load_from matched {report.matched} of the model's {report.total} tensors "
                 f"({report.share:.0%}; train.load_from_min_match is {least:g}); {types}"
