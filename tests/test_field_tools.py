@@ -175,7 +175,7 @@ def test_plot_logs_integer_ticks_and_no_memory_curve(tmp_path, capsys):
     log = tmp_path / "scalars.jsonl"
     recs = [{"mode": "train", "step": s, "epoch": 1, "iter": s, "lr": 0.01, "loss": 1.0 / s, "loss_cls": 0.5 / s,
              "memory_mb": 700.0 + s} for s in (1, 2, 3)]
-    recs.append({"mode": "val", "step": 3, "epoch": 1, "iter": 3, "accuracy": 0.5})
+    recs.append({"mode": "val", "step": 3, "epoch": 1, "iter": 3, "accuracy": 0.5, "num_images": 13, "att_ms": 2.0})
     log.write_text("".join(json.dumps(r) + "\n" for r in recs))
 
     fig = scalars_figure(log)

@@ -5,8 +5,9 @@
 
 One panel per key (default: every loss, the learning rate and every validation metric),
 one line per mode (train / val); the x axis is the training iteration, with integer
-ticks only. ``memory_mb`` (and other memory readings) is left out of the default panels:
-it is a resource reading, not a learning curve; ``--keys memory_mb`` plots it on its own.
+ticks only. ``memory_mb`` (and other memory readings, timings in ms such as ``att_ms``,
+counts such as ``num_images``) is left out of the default panels: a resource reading, not a
+learning curve; ``--keys memory_mb`` plots it on its own.
 """
 import argparse
 import sys

@@ -125,9 +125,10 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], out_
 _NOT_PLOTTED = {"step", "iter", "epoch", "mode", "time", "data_time", "eta", "memory"}
 
 
-def _is_memory(key: str) -> bool:
-    """``memory_mb`` and the like: a resource reading, not a learning curve."""
-    return key.startswith("memory") or key.endswith("_mb")
+def _is_reading(key: str) -> bool:
+    """Resource readings and counts, not learning curves: ``memory_mb`` (and other memory),
+    timings in ms (``att_ms``), counts (``num_images``)."""
+    return key.startswith(("memory", "num_")) or key.endswith(("_mb", "_ms"))
 
 
 def read_scalars(path: str | os.PathLike) -> list[dict]:
@@ -169,7 +170,7 @@ def scalars_figure(scalars: str | os.PathLike | Iterable[dict], keys: Sequence[s
         for k, v in rec.items():
             if not _is_number(v) or k == x:
                 continue
-            if keys is None and (k in _NOT_PLOTTED or _is_memory(k)):
+            if keys is None and (k in _NOT_PLOTTED or _is_reading(k)):
                 continue
             if keys is not None and k not in keys:
                 continue
@@ -213,8 +214,9 @@ def plot_scalars(scalars: str | os.PathLike | Iterable[dict], out_path: str | os
 
     ``scalars`` is a path to ``scalars.jsonl`` or the list of its records
     (``{"step": 120, "mode": "train", "loss": 0.41, "lr": 0.0025, ...}``). Without ``keys``
-    every numeric key is plotted, losses first, except step/epoch/time-like keys and
-    memory readings (``memory_mb``: not a learning curve; name it in ``keys`` to plot it).
+    every numeric key is plotted, losses first, except step/epoch/time-like keys, memory
+    readings (``memory_mb``), timings in ms and counts (``num_images``): they are not
+    learning curves; name one in ``keys`` to plot it.
     Integer steps get integer ticks.
     """
     return _save(scalars_figure(scalars, keys, x, ncols), out_path)
