@@ -237,3 +237,25 @@ def test_progress_in_make_synth_browse_and_benchmark(tmp_path, monkeypatch):
     text = buf.getvalue()
     assert "benchmark: loading data: 5/5 batch (100%)" in text and "benchmark: model calls: 5/5 call (100%)" in text
     assert json.loads((tmp_path / "b.json").read_text())["iters"] == 4
+
+
+def test_compare_judges_unstamped_metrics_by_their_checkpoint(tmp_path, monkeypatch):
+    cmp_tool = tool("compare")
+    cfg = toy_config(train={"epochs": 1})
+    cfg["data"]["test"] = cfg["data"]["val"]
+    cfg_path = tmp_path / "toy.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    calls = []
+    monkeypatch.setattr(cmp_tool, "run", _fake_runner(calls))
+    base = [str(cfg_path), "--work-root", str(tmp_path / "work")]
+    cmp_tool.main(base)
+    metrics = tmp_path / "work" / "toy" / "test" / "metrics.json"
+    rec = json.loads(metrics.read_text())
+    del rec["config_hash"]                                   # as written before hashes existed
+    metrics.write_text(json.dumps(rec))
+    calls.clear()
+    cmp_tool.main(base)                                      # its checkpoint has these settings: reused
+    assert calls == []
+    with pytest.raises(SystemExit) as e:                     # and not with other ones
+        cmp_tool.main(base + ["--cfg-options", "optimizer.lr=0.05"])
+    assert "optimizer.lr: 0.2 != 0.05" in str(e.value) and calls == []

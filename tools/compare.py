@@ -35,7 +35,8 @@ writes, and compares a checkpoint through the config stored in it. When they dif
 - checkpoint trained with other settings: compare stops with one line naming the keys that
   differ, so that a trained checkpoint is never overwritten by surprise; ``--retrain``
   retrains exactly those configs (``--train`` retrains all), ``--work-root DIR`` keeps both;
-- results from before config hashes were stored: reused with a note (cannot be checked).
+- metrics.json without a hash (written before): judged by its checkpoint's stored config;
+  reused with a note only when neither holds one.
 """
 import argparse
 import copy
@@ -203,11 +204,15 @@ def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None
     do_test = train or not metrics_path.is_file()
     if not do_test:
         have = json.loads(metrics_path.read_text()).get("config_hash")
+        if have is None and not own_weights and ckpt.is_file():
+            # written before compare stored hashes: judge it by its checkpoint's settings
+            stored = checkpoint_config(ckpt)
+            have = config_hash(stored) if stored is not None else None
         if have is None:
-            print(f"[compare] reusing {metrics_path} (written before compare stored config hashes: "
+            print(f"[compare] reusing {metrics_path} (no config hash stored with it or its checkpoint: "
                   f"its settings cannot be checked; --train retrains)")
         elif have != want:
-            print(f"[compare] {metrics_path} was made with other settings (config hash {have} != {want}); re-testing")
+            print(f"[compare] {metrics_path} was made with other settings (config hash {have} != {want})")
             do_test = True
         else:
             print(f"[compare] reusing {metrics_path} (same config hash {want}; --train retrains)")
