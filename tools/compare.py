@@ -145,13 +145,17 @@ def config_hash(cfg: dict) -> str:
 def config_diff(a: dict, b: dict, limit: int = 3) -> str:
     """The first ``limit`` dotted keys whose values differ, ``key: A != B``."""
     out: list[str] = []
+    unset = object()
+
+    def show(v):
+        return "unset" if v is unset else json.dumps(v, default=str)[:40]
 
     def walk(x, y, path):
         if isinstance(x, dict) and isinstance(y, dict):
             for k in sorted(set(x) | set(y), key=str):
-                walk(x.get(k, "<unset>"), y.get(k, "<unset>"), f"{path}.{k}" if path else str(k))
+                walk(x.get(k, unset), y.get(k, unset), f"{path}.{k}" if path else str(k))
         elif x != y:
-            out.append(f"{path}: {json.dumps(x, default=str)[:40]} != {json.dumps(y, default=str)[:40]}")
+            out.append(f"{path}: {show(x)} != {show(y)}")
 
     walk(_comparable(a), _comparable(b), "")
     more = f" (+{len(out) - limit} more)" if len(out) > limit else ""
