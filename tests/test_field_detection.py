@@ -105,3 +105,44 @@ def test_normal_negatives_is_a_config_key_of_the_plain_detector_and_off_in_faith
         model_cfg = load_config(ROOT / "configs/defectnet" / name)["model"]
         assert not model_cfg.get("normal_negatives", False), name
         assert not (model_cfg.get("gate") or {}).get("normal_negatives", False), name
+
+
+# ------------------------------------------------------------ the demo's interleaved ATT
+def _load(path, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self, name, log):
+        super().__init__()
+        self.name, self.log = name, log
+
+    def predict(self, batch):
+        self.log.append(self.name)
+        return []
+
+
+def test_interleaved_att_rotates_the_call_order_and_times_every_image():
+    bench = _load("benchmarks/detector_att_interleaved.py", "detector_att_interleaved")
+    log = []
+    models = {"a": _Recorder("a", log), "b": _Recorder("b", log)}
+    loader = [{"image": torch.zeros(1, 3, 8, 8), "is_defective": torch.tensor([i % 2])} for i in range(3)]
+    times = bench.interleaved_att(models, loader, torch.device("cpu"), repeats=2, warmup=1)
+    assert log[:2] == ["a", "b"]                           # one warm-up call each, not timed
+    assert log[2:] == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]
+    for name in models:
+        assert len(times[name]) == 6 and all(t >= 0 for t, _ in times[name])
+        assert [d for _, d in times[name]] == [0, 1, 0, 0, 1, 0]
+
+
+def test_demo_row_sentence_has_its_numbers_or_only_its_words():
+    demo = _load("tools/demo.py", "demo_tool")
+    assert demo.describe("finds defects (AP50 {AP50:.2f})", {"AP50": 0.4567}) == "finds defects (AP50 0.46)"
+    assert demo.describe("finds defects (AP50 {AP50:.2f})", {}) == "finds defects"
+    for _, config, _, says in demo.RUNS:
+        assert (ROOT / config).is_file() and says
