@@ -14,3 +14,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def dk_log():
+    """The messages logged at WARNING or above on the ``defectkit`` logger during the test."""
+    import logging
+
+    msgs: list[str] = []
+
+    class H(logging.Handler):
+        def emit(self, record):
+            msgs.append(record.getMessage())
+
+    h = H(logging.WARNING)
+    logging.getLogger("defectkit").addHandler(h)
+    yield msgs
+    logging.getLogger("defectkit").removeHandler(h)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -18,25 +17,6 @@ def png(path, w=40, h=30, value=128, mode="RGB"):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, (w, h), value if mode != "RGB" else (value, value, value)).save(path)
     return path
-
-
-class LogCatcher(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def dk_log():
-    """Warnings of the 'defectkit' logger (works whatever its propagate setting)."""
-    h = LogCatcher()
-    log = logging.getLogger("defectkit")
-    log.addHandler(h)
-    yield h.messages
-    log.removeHandler(h)
 
 
 def coco_file(tmp_path, images=None, anns=None, cats=None, name="ann.json"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 
 import numpy as np
@@ -27,19 +26,6 @@ def png(path, w=40, h=30, value=None, mode="RGB", seed=0):
         Image.new(mode, (w, h), value).save(path)
     return path
 
-
-@pytest.fixture
-def dk_log():
-    msgs: list[str] = []
-
-    class H(logging.Handler):
-        def emit(self, record):
-            msgs.append(record.getMessage())
-
-    h = H(logging.WARNING)
-    logging.getLogger("defectkit").addHandler(h)
-    yield msgs
-    logging.getLogger("defectkit").removeHandler(h)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 annotation (6a), VOC classes vs skip_difficult (6c), mask/image size errors (7).
 Every test writes its own small files."""
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -18,20 +17,6 @@ from defectkit.data.formats.mask_folder import mask_value_range
 
 DEFECT = (4, 20, 12, 28)   # x1, y1, x2, y2 of the bright defect in the DISPLAYED image
 
-
-@pytest.fixture
-def dk_log():
-    """The warnings logged on the ``defectkit`` logger during the test."""
-    msgs: list[str] = []
-
-    class H(logging.Handler):
-        def emit(self, record):
-            msgs.append(record.getMessage())
-
-    h = H(logging.WARNING)
-    logging.getLogger("defectkit").addHandler(h)
-    yield msgs
-    logging.getLogger("defectkit").removeHandler(h)
 
 
 def displayed(w, h):

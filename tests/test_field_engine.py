@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -115,7 +114,7 @@ def test_stale_lock_is_taken_over(tmp_path):
     with pytest.warns(RuntimeWarning, match=rf"stale lock .*PID {dead} on this host is not running"):
         t, r = _train(toy_config(train={"epochs": 1}, evaluation=None), tmp_path)
     assert r.iter == 4 and (tmp_path / "epoch_1.pth").is_file()
-    assert f"stale lock" in (tmp_path / "train.log").read_text()
+    assert "stale lock" in (tmp_path / "train.log").read_text()
     assert not (tmp_path / LOCK_NAME).exists()
 
 

@@ -10,7 +10,6 @@ The work dir (default work_dirs/<config-stem>/) receives config.yaml (resolved),
 train.log, scalars.jsonl, epoch_N.pth, latest.pth, best_<metric>.pth.
 """
 import argparse
-import sys
 
 from _common import add_cfg_options, load
 
