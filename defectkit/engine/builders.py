@@ -15,8 +15,10 @@ from torch.utils.data import DataLoader
 from ..data.collate import EvalSamples, collate, is_empty_batch, to_device
 from ..registry import DATASETS, EVALUATORS, MODELS, Registry
 from .distributed import get_rank, get_world_size
+from .logger import get_logger
 from .sampler import InferenceSampler, TrainSampler
 from .seeding import mix_seed, worker_init_fn
+
 
 
 def accepts(obj: Any, name: str) -> bool:
@@ -138,10 +140,15 @@ class DeviceLoader:
 
 
 def init_model(cfg: dict, checkpoint: str | None = None, device: str | torch.device | None = None,
-               strict: bool = True) -> tuple[torch.nn.Module, dict]:
+               strict: bool = True, use_ema: bool = True) -> tuple[torch.nn.Module, dict]:
     """A model for inference: built from ``cfg['model']`` with the classes stored in the
     checkpoint (else the config's test/val dataset is not opened: ``cfg['classes']``),
     weights loaded, moved to ``device`` and put in eval mode. Returns ``(model, meta)``.
+
+    ``use_ema``: when the checkpoint holds an EMA entry (``ckpt["ema"]["state_dict"]``,
+    written by ``train.ema``), load those averaged weights instead of the raw ones
+    (``False``: the raw ``state_dict``); which ones were used is logged and recorded in
+    ``meta["weights"]`` (``"ema"`` or ``"raw"``).
 
     Errors (``CheckpointError``, naming the file): the file cannot be read or is not a
     checkpoint; it was saved from another model type than ``cfg['model']['type']``
@@ -163,7 +170,15 @@ def init_model(cfg: dict, checkpoint: str | None = None, device: str | torch.dev
     classes = meta.get("classes") or cfg.get("classes")
     model = build_model(cfg["model"], classes)
     if ckpt is not None:
-        state = extract_state_dict(ckpt, str(checkpoint))
+        ema = ckpt.get("ema") if isinstance(ckpt.get("ema"), dict) else None
+        if use_ema and ema is not None and isinstance(ema.get("state_dict"), dict):
+            state, weights = ema["state_dict"], "ema"
+        else:
+            state, weights = extract_state_dict(ckpt, str(checkpoint)), "raw"
+        meta = {**meta, "weights": weights}
+        get_logger().info(f"{checkpoint}: using the {'EMA' if weights == 'ema' else 'raw'} weights"
+                  + (" (the checkpoint has EMA weights; pass use_ema=True / drop --no-ema to use them)"
+                     if weights == "raw" and ema is not None else ""))
         bad = nonfinite_tensors(state)
         if bad:
             warnings.warn(f"{checkpoint}: {describe_nonfinite(bad, len(state))}: its predictions will be "
