@@ -27,6 +27,28 @@ def add_debug(parser: argparse.ArgumentParser) -> None:
                         help="show the full traceback of an error (also: DEFECTKIT_DEBUG=1)")
 
 
+def add_work_dir(parser: argparse.ArgumentParser, outputs: str) -> None:
+    """``--work-dir``: the run's work dir, with the meaning it has in tools/train.py
+    (default: the config's ``work_dir``, else ``work_dirs/<config-stem>``); this tool
+    writes ``outputs`` (e.g. ``test/``) inside it. See :func:`work_dir`."""
+    parser.add_argument("--work-dir", help="the run's work dir, as in tools/train.py (default: the config's "
+                        f"work_dir, else work_dirs/<config-stem>); this tool writes {outputs} in it")
+
+
+def add_no_ema(parser: argparse.ArgumentParser) -> None:
+    """``--no-ema``: load the raw weights even when the checkpoint holds EMA weights."""
+    parser.add_argument("--no-ema", action="store_true",
+                        help="use the raw weights of the checkpoint, not its EMA weights (default: EMA when present)")
+
+
+def work_dir(args, cfg: dict) -> Path:
+    """The run's work dir: ``--work-dir``, else the config's ``work_dir``, else
+    ``work_dirs/<config-stem>`` (the same rule as tools/train.py)."""
+    from defectkit.engine import default_work_dir
+
+    return Path(getattr(args, "work_dir", None) or cfg.get("work_dir") or default_work_dir(args.config))
+
+
 def load(args) -> dict:
     """Load args.config with --cfg-options (a ``ConfigError`` becomes one line under run_main)."""
     from defectkit.config import load_config

@@ -6,8 +6,9 @@ Protocol: batches of the test split (batch 1 by default) are decoded and pre-pro
 first and kept in memory; --warmup model calls are discarded, then --iters calls are timed
 (CUDA-synchronised, time.perf_counter). Reports mean / p50 / p90 ms per image, images/s,
 the time split by GT-normal / GT-defective images, peak memory (CUDA max allocated, or the
-process's peak RSS on CPU), parameter count, device and versions; writes JSON
-(default work_dirs/<config-stem>/benchmark.json). On a shared CPU compare variants as
+process's peak RSS on CPU), parameter count, device and versions, and the evaluator's
+timing metrics (a detector: gate pass rate, alpha, beta, ideal time); writes JSON
+(default <work-dir>/benchmark.json, --work-dir as in tools/train.py). On a shared CPU compare variants as
 ratios measured in the same run, not as absolute times.
 """
 import argparse
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import add_cfg_options, load
+from _common import add_cfg_options, add_no_ema, add_work_dir, load, work_dir
 
 from defectkit.progress import track
 
@@ -37,7 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--out", help="JSON file (default: work_dirs/<config-stem>/benchmark.json)")
+    add_work_dir(p, "benchmark.json (--task fit: benchmark_fit.json)")
+    p.add_argument("--out", help="JSON file (default: WORK_DIR/benchmark.json)")
+    add_no_ema(p)
     add_cfg_options(p)
     return p.parse_args(argv)
 
@@ -59,22 +62,15 @@ def peak_memory_mb(device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def detection_stats(preds, result) -> dict:
-    """For detectors: the gate pass rate (timed images with ``gated == False``, when the
-    results carry ``gate_score``) and DefectNet's beta / ideal time at the timed images'
-    normal proportion alpha."""
-    from defectkit.evaluation.detection import att_model
-    from defectkit.structures import DetectionResult
+def evaluator_for(cfg: dict, meta: dict, dataset):
+    """The config's evaluator (it knows the family's timing metrics), or a
+    ``BaseEvaluator`` (no extra metrics) when the config has no ``evaluation``."""
+    from defectkit.engine import build_evaluator
+    from defectkit.evaluation import BaseEvaluator
 
-    if not preds or not isinstance(preds[0], DetectionResult):
-        return {}
-    gated = [bool(p.gated) for p in preds if p.gate_score is not None]
-    n_n, n_d = result.get("num_normal", 0), result.get("num_defective", 0)
-    alpha = n_n / (n_n + n_d) if n_n + n_d else None
-    m = att_model(result, alpha)
-    return {"gate_pass_rate": sum(not g for g in gated) / len(gated) if gated else None,
-            "alpha": m["alpha"], "beta": m["beta"], "ideal_time": m["ideal_time"],
-            "att_ideal_ms": m["att_ideal_ms"]}
+    if not cfg.get("evaluation"):
+        return BaseEvaluator()
+    return build_evaluator(cfg["evaluation"], meta.get("classes") or dataset.classes, dataset=dataset)
 
 
 def main(argv=None):
@@ -85,8 +81,7 @@ def main(argv=None):
     import torch
 
     from defectkit.data.collate import to_device
-    from defectkit.engine import (build_dataset, build_eval_loader, default_work_dir, init_model,
-                                  resolve_device)
+    from defectkit.engine import build_dataset, build_eval_loader, init_model, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,7 +95,7 @@ def main(argv=None):
 
     device = resolve_device(args.device or cfg.get("device"))
     dataset = build_dataset(data_cfg)
-    model, _ = init_model(cfg, args.checkpoint, device)
+    model, meta = init_model(cfg, args.checkpoint, device, use_ema=not args.no_ema)
     params = sum(p.numel() for p in model.parameters())
 
     # 1. data, timed on its own and kept in memory (the split is cycled when it is short)
@@ -123,7 +118,7 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    per_image, normal, defective, preds = [], [], [], []
+    per_image, normal, defective, preds, times = [], [], [], [], []
     with torch.no_grad():
         for i, batch in enumerate(track(batches, desc="benchmark: model calls", unit="call")):
             sync()
@@ -138,6 +133,7 @@ def main(argv=None):
             per_image.append(dt)
             for d in batch.get("is_defective", torch.full((n,), -1)).tolist():
                 (defective if d == 1 else normal if d == 0 else []).append(dt)
+                times.append((dt, d if d in (0, 1) else None))
 
     ms = [t * 1000 for t in per_image]
     mean_ms = sum(ms) / len(ms)
@@ -158,8 +154,8 @@ def main(argv=None):
         f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__, "python": platform.python_version(),
     }
-    result.update(detection_stats(preds, result))
-    out = Path(args.out or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "benchmark.json")
+    timing_line = evaluator_for(cfg, meta, dataset).add_timing(result, times, preds)
+    out = Path(args.out or work_dir(args, cfg) / "benchmark.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     m = result["ms_per_image"]
@@ -168,11 +164,8 @@ def main(argv=None):
           f"({result['images_per_s']:.1f} images/s)")
     if normal and defective:
         print(f"  GT-normal {result['att_normal_ms']:.2f} ms   GT-defective {result['att_defective_ms']:.2f} ms")
-    if "beta" in result:
-        gate = ("" if result["gate_pass_rate"] is None
-                else f"gate pass rate {result['gate_pass_rate']:.3f}   ")
-        print(f"  {gate}alpha {result['alpha']:.3f}   beta = ATT_N / ATT_D {result['beta']:.3f}   "
-              f"ideal t = 1 - (1 - beta) * alpha {result['ideal_time']:.3f}")
+    if timing_line:
+        print(f"  {timing_line}")
     print(f"  data {result['data_ms_per_batch']:.2f} ms/batch (not included)   params {params / 1e6:.2f} M   "
           f"peak memory {result['peak_memory_mb']:.0f} MB ({result['peak_memory_kind']})")
     print(f"wrote {out}")
@@ -180,26 +173,29 @@ def main(argv=None):
 
 
 def fit_benchmark(cfg, args) -> int:
-    """Fit a model that has ``fit(loader)`` on data.train, then time ``predict`` at a few
-    batch sizes on the test split. Peak memory: process peak RSS (CUDA: max allocated)
-    minus the RSS just before fitting (model built)."""
+    """Fit a model that declares ``learning = "fit"`` (``fit(loader)``) on data.train, then
+    time ``predict`` at a few batch sizes on the test split. Peak memory: process peak RSS
+    (CUDA: max allocated) minus the RSS just before fitting (model built). ``statistics_mb``:
+    the model's buffers in its state dict (what fitting stores: PaDiM's mean, precision
+    factor, channel indices / projection; also any normalisation buffers)."""
     import os
     import tempfile
 
     import torch
 
     from defectkit.engine import (build_dataset, build_eval_loader, build_model, build_train_loader,
-                                  default_work_dir, resolve_device)
+                                  resolve_device)
     from defectkit.engine.builders import DeviceLoader
     from defectkit.engine.sampler import TrainSampler
+    from defectkit.models.base import learning_of
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device or cfg.get("device"))
     train_set = build_dataset(cfg["data"]["train"])
     model = build_model(cfg["model"], getattr(train_set, "classes", None)).to(device)
-    if not callable(getattr(model, "fit", None)):
-        sys.exit(f"--task fit: {type(model).__name__} has no fit(loader)")
+    if learning_of(model) != "fit":
+        sys.exit(f"--task fit: {type(model).__name__} is not a fitted model (learning = {learning_of(model)!r})")
     bs = cfg["data"].get("batch_size", 2)
     loader = build_train_loader(train_set, bs, TrainSampler(len(train_set), shuffle=False), 0,
                                 num_workers=cfg["data"].get("num_workers", 0))
@@ -214,7 +210,9 @@ def fit_benchmark(cfg, args) -> int:
         torch.save(model.state_dict(), f.name)
         disk = os.path.getsize(f.name)
     os.unlink(f.name)
-    stats_bytes = model.statistics_bytes() if hasattr(model, "statistics_bytes") else None
+    params = {name for name, _ in model.named_parameters()}
+    stats_bytes = sum(t.numel() * t.element_size() for name, t in model.state_dict().items()
+                      if isinstance(t, torch.Tensor) and name not in params)
     result = {"config": str(args.config), "task": "fit", "model": cfg["model"].get("type"),
               "num_train": len(train_set), "fit_s": fit_s, "fit_ms_per_image": 1000 * fit_s / max(len(train_set), 1),
               "fit_peak_memory_mb": peak, "rss_before_fit_mb": rss0,
@@ -239,7 +237,7 @@ def fit_benchmark(cfg, args) -> int:
                         times.append((time.perf_counter() - t1) / n)
             result["inference"][f"batch_{n}"] = {"ms_per_image_mean": 1000 * sum(times) / len(times),
                                                  "ms_per_image_min": 1000 * min(times)}
-    out = Path(args.out or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "benchmark_fit.json")
+    out = Path(args.out or work_dir(args, cfg) / "benchmark_fit.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"{result['model']}: fit {len(train_set)} images in {fit_s:.1f} s ({result['fit_ms_per_image']:.1f} ms/image), "

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import add_cfg_options, load, pipeline_norm
+from _common import add_cfg_options, add_work_dir, load, pipeline_norm, work_dir
 
 from defectkit.progress import track
 
@@ -19,7 +19,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--out-dir", help="default: work_dirs/<config-stem>/browse_<split>")
+    add_work_dir(p, "browse_<split>/")
+    p.add_argument("--out-dir", help="the output folder itself (default: WORK_DIR/browse_<split>)")
     p.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
     p.add_argument("--start", type=int, default=0, help="first sample index")
     p.add_argument("--original", action="store_true", help="draw samples before the pipeline")
@@ -30,15 +31,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load(args)
-    from defectkit.engine import build_dataset, default_work_dir
+    from defectkit.engine import build_dataset
     from defectkit.visualization import draw_sample, make_grid
 
     data_cfg = (cfg.get("data") or {}).get(args.split)
     if not data_cfg:
         sys.exit(f"config error: data.{args.split} is not set in {args.config}")
     dataset = build_dataset(data_cfg)
-    out_dir = Path(args.out_dir or Path(cfg.get("work_dir") or default_work_dir(args.config))
-                   / f"browse_{args.split}")
+    out_dir = Path(args.out_dir or work_dir(args, cfg) / f"browse_{args.split}")
     out_dir.mkdir(parents=True, exist_ok=True)
     mean, std = (None, None) if args.original else pipeline_norm(dataset.pipeline)
     drawn = []

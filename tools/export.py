@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import add_cfg_options, load
+from _common import add_cfg_options, add_no_ema, add_work_dir, load, work_dir
 
 OUTPUTS = ("anomaly_map", "pred_score", "raw_map", "raw_score")
 
@@ -32,7 +32,9 @@ def parse_args(argv=None):
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="input height and width (default: the model's input size)")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--out", help="default: work_dirs/<config-stem>/<checkpoint-stem>.onnx")
+    add_work_dir(p, "<checkpoint-stem>.onnx")
+    p.add_argument("--out", help="default: WORK_DIR/<checkpoint-stem>.onnx")
+    add_no_ema(p)
     p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch; exit 1 on FAIL")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="--check tolerance per output: max abs diff <= ATOL * max(1, max |PyTorch output|) "
@@ -134,12 +136,11 @@ def test_images(cfg, h: int, w: int, n: int = 4):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load(args)
-    from defectkit.engine import default_work_dir, init_model
+    from defectkit.engine import init_model
 
-    model, _ = init_model(cfg, args.checkpoint, "cpu")
+    model, _ = init_model(cfg, args.checkpoint, "cpu", use_ema=not args.no_ema)
     h, w = args.input_size or (model.input_size, model.input_size)
-    out = Path(args.out or Path(cfg.get("work_dir") or default_work_dir(args.config))
-               / f"{Path(args.checkpoint).stem}.onnx")
+    out = Path(args.out or work_dir(args, cfg) / f"{Path(args.checkpoint).stem}.onnx")
     export_onnx(model, out, h, w, args.opset)
     print(f"wrote {out} (input image: B x 3 x {h} x {w} float32 in [0, 1]; outputs {', '.join(OUTPUTS)})")
     if args.check:

@@ -1,20 +1,20 @@
 """Run a trained model on new images: visualised outputs + one JSON file.
 
-    python tools/infer.py CONFIG CHECKPOINT img1.png img2.jpg some_folder/ --out-dir out/
+    python tools/infer.py CONFIG CHECKPOINT img1.png img2.jpg some_folder/ [--work-dir W | --out-dir out/]
 
 Each image goes through the config's test pipeline (data.test), the model predicts, and
 the result is drawn on the ORIGINAL image with class names and scores
-(out-dir/<index>_<name>.png); out-dir/results.json lists every input's result. Every input
-is isolated: one that fails (unreadable file, a model or drawing error) is recorded in
-results.json with its "error" and the others complete; the exit code is 1 only when every
-input failed.
+(<out>/<index>_<name>.png; <out> = WORK_DIR/infer, or --out-dir itself); <out>/results.json
+lists every input's result. Every input is isolated: one that fails (unreadable file, a
+model or drawing error) is recorded in results.json with its "error" and the others
+complete; the exit code is 1 only when every input failed.
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from _common import add_cfg_options, load, result_names
+from _common import add_cfg_options, add_no_ema, add_work_dir, load, result_names, work_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -24,7 +24,9 @@ def parse_args(argv=None):
     p.add_argument("config")
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--out-dir", help="default: work_dirs/<config-stem>/infer")
+    add_work_dir(p, "infer/")
+    p.add_argument("--out-dir", help="the output folder itself (default: WORK_DIR/infer)")
+    add_no_ema(p)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--no-draw", action="store_true", help="only write results.json")
     add_cfg_options(p)
@@ -46,15 +48,15 @@ def list_images(inputs):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load(args)
-    from defectkit.engine import default_work_dir, init_model, resolve_device
+    from defectkit.engine import init_model, resolve_device
     from defectkit.progress import track
     from defectkit.data.transforms import build_pipeline
 
     files = list_images(args.inputs)
-    out_dir = Path(args.out_dir or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "infer")
+    out_dir = Path(args.out_dir or work_dir(args, cfg) / "infer")
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device or cfg.get("device"))
-    model, meta = init_model(cfg, args.checkpoint, device)
+    model, meta = init_model(cfg, args.checkpoint, device, use_ema=not args.no_ema)
     classes = meta.get("classes") or cfg.get("classes")
     pipeline = build_pipeline(((cfg.get("data") or {}).get("test") or {}).get("pipeline"))
 

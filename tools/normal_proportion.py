@@ -20,7 +20,7 @@ import random
 import sys
 from pathlib import Path
 
-from _common import add_cfg_options, load
+from _common import add_cfg_options, add_no_ema, add_work_dir, load, work_dir
 
 
 def parse_args(argv=None):
@@ -34,7 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--map", action="store_true", help="also recompute COCO mAP per alpha (slower)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--num-workers", type=int, help="data loader workers (default: data.num_workers)")
-    p.add_argument("--out-dir", help="default: work_dirs/<config-stem>/normal_proportion")
+    add_work_dir(p, "normal_proportion/")
+    p.add_argument("--out-dir", help="the output folder itself (default: WORK_DIR/normal_proportion)")
+    add_no_ema(p)
     add_cfg_options(p)
     return p.parse_args(argv)
 
@@ -130,8 +132,8 @@ def plot(rows: list[dict], out_path, title: str = "") -> str:
 def main(argv=None):
     args = parse_args(argv)
     cfg = load(args)
-    from defectkit.engine import (build_dataset, build_eval_loader, build_evaluator, default_work_dir,
-                                  init_model, resolve_device, run_inference)
+    from defectkit.engine import (build_dataset, build_eval_loader, build_evaluator, init_model,
+                                  resolve_device, run_inference)
     from defectkit.evaluation.detection import DetectionEvaluator
 
     try:
@@ -141,13 +143,12 @@ def main(argv=None):
     data_cfg = cfg.get("data", {}).get(args.split)
     if not data_cfg:
         sys.exit(f"config error: data.{args.split} is not set in {args.config}")
-    out_dir = Path(args.out_dir or Path(cfg.get("work_dir") or default_work_dir(args.config))
-                   / "normal_proportion")
+    out_dir = Path(args.out_dir or work_dir(args, cfg) / "normal_proportion")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     device = resolve_device(args.device or cfg.get("device"))
     dataset = build_dataset(data_cfg)
-    model, meta = init_model(cfg, args.checkpoint, device)
+    model, meta = init_model(cfg, args.checkpoint, device, use_ema=not args.no_ema)
     classes = meta.get("classes") or dataset.classes
     eval_cfg = dict(cfg.get("evaluation") or {"type": "DetectionEvaluator"})
     evaluator = build_evaluator(eval_cfg, classes, dataset=dataset)

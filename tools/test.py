@@ -3,10 +3,11 @@
     python tools/test.py configs/classifier/resnet18_tiny_synth.yaml work_dirs/resnet18_tiny_synth/latest.pth
 
 Prints the metrics table and the model-call time per image (ATT: mean, over GT-normal
-and over GT-defective images), and writes to the output dir (default:
-work_dirs/<config-stem>/test/): metrics.json, predictions.json, plots (confusion
-matrix, curves) and, with --show N, N visualised predictions. Exported predictions keep
-the source's own image and category ids (predictions.bbox.json for a detector). With
+and over GT-defective images) with the evaluator's timing metrics (a detector: alpha, beta,
+ideal time), and writes to <work-dir>/test/ (--work-dir as in tools/train.py, default
+work_dirs/<config-stem>; --out-dir DIR names the output folder itself): metrics.json,
+predictions.json, plots (confusion matrix, curves) and, with --show N, N visualised
+predictions. Exported predictions keep the source's own image and category ids (predictions.bbox.json for a detector). With
 ``skip_invalid: true`` an unreadable image is left out (never replaced), printed, and
 listed in metrics.json under ``skipped``; a progress bar with ETA runs meanwhile.
 """
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import add_cfg_options, load, pipeline_norm, result_names
+from _common import add_cfg_options, add_no_ema, add_work_dir, load, pipeline_norm, result_names, work_dir
 
 
 def parse_args(argv=None):
@@ -25,7 +26,9 @@ def parse_args(argv=None):
     p.add_argument("checkpoint", nargs="?",
                    help="weights to test; omitted only for models that load their own "
                         "(TwoModelDetector: classifier_checkpoint / detector_checkpoint)")
-    p.add_argument("--out-dir", help="default: work_dirs/<config-stem>/test")
+    add_work_dir(p, "test/")
+    p.add_argument("--out-dir", help="the output folder itself (the older spelling; default: WORK_DIR/test)")
+    add_no_ema(p)
     p.add_argument("--split", default="test", choices=["test", "val", "train"],
                    help="which data split of the config to evaluate (default: test)")
     p.add_argument("--batch-size", type=int, default=1,
@@ -44,8 +47,8 @@ def main(argv=None):
     cfg = load(args)
     import torch
 
-    from defectkit.engine import (build_dataset, build_eval_loader, build_evaluator, default_work_dir,
-                                  init_model, resolve_device, run_inference)
+    from defectkit.engine import (build_dataset, build_eval_loader, build_evaluator, init_model,
+                                  resolve_device, run_inference)
     from defectkit.engine.builders import loads_own_weights
     from defectkit.engine.inference import skipped_line
 
@@ -54,7 +57,7 @@ def main(argv=None):
         sys.exit(f"config error: data.{args.split} is not set in {args.config}")
     if "evaluation" not in cfg:
         sys.exit(f"config error: no `evaluation` section in {args.config}")
-    out_dir = Path(args.out_dir or Path(cfg.get("work_dir") or default_work_dir(args.config)) / "test")
+    out_dir = Path(args.out_dir or work_dir(args, cfg) / "test")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     if args.checkpoint is None and not loads_own_weights(cfg["model"]):
@@ -63,7 +66,7 @@ def main(argv=None):
     dataset = build_dataset(data_cfg)
     if args.checkpoint is None:                 # the model's weights come from its own config
         cfg.setdefault("classes", list(dataset.classes))
-    model, meta = init_model(cfg, args.checkpoint, device)
+    model, meta = init_model(cfg, args.checkpoint, device, use_ema=not args.no_ema)
     classes = meta.get("classes") or dataset.classes
     evaluator = build_evaluator(cfg["evaluation"], classes, dataset=dataset)
     workers = args.num_workers if args.num_workers is not None else cfg["data"].get("num_workers", 2)
@@ -83,47 +86,21 @@ def main(argv=None):
     print(f"ATT (model call per image, batch {args.batch_size}): {t['att_ms']:.2f} ms | "
           f"GT-normal {t['att_normal_ms']:.2f} ms | GT-defective {t['att_defective_ms']:.2f} ms"
           f"   ({t['num_images']} images, {wall:.1f} s wall)")
-    if is_detection(out.results):
-        metrics.update(detection_att(out.times, t))
-
-
+    timing_line = evaluator.add_timing(metrics, out.times)
+    if timing_line:
+        print(timing_line)
     record = {"config": str(args.config), "checkpoint": str(args.checkpoint), "split": args.split,
               "device": str(device), "torch": torch.__version__, "batch_size": args.batch_size,
               "params": sum(p.numel() for p in model.parameters()), "metrics": metrics,
               "skipped": [{"path": s["path"], "error": s["error"]} for s in out.skipped]}
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=float))
-    write_predictions = getattr(evaluator, "write_predictions", None)
-    if callable(write_predictions):
-        pred_path = write_predictions(out.results, out.metas, out_dir)
-    else:
-        pred_path = out_dir / "predictions.json"
-        pred_path.write_text(json.dumps(
-            [{"id": m.get("id"), "path": m.get("path"), **r.to_json()}
-             for r, m in zip(out.results, out.metas)], indent=1, ensure_ascii=False))
+    pred_path = evaluator.write_predictions(out.results, out.metas, out_dir)
     artifacts = evaluator.save_artifacts(metrics, out_dir) or []
     if args.show:
         artifacts += show(dataset, out.results, cfg, classes, out_dir / "show", args.show, out.metas)
     print(f"wrote {out_dir / 'metrics.json'}, {pred_path}" +
           "".join(f", {a}" for a in artifacts))
     return 0
-
-
-def is_detection(results) -> bool:
-    from defectkit.structures import DetectionResult
-
-    return bool(results) and isinstance(results[0], DetectionResult)
-
-
-def detection_att(times, timing) -> dict:
-    """DefectNet's efficiency model for a detector: beta = ATT_N / ATT_D and the ideal
-    normalised time t = 1 - (1 - beta) * alpha at the measured normal proportion alpha."""
-    from defectkit.evaluation.detection import att_model, normal_proportion
-
-    m = att_model(timing, normal_proportion(times))
-    print(f"alpha (normal proportion) {m['alpha']:.3f} | beta = ATT_N / ATT_D {m['beta']:.3f} | "
-          f"ideal t = 1 - (1 - beta) * alpha {m['ideal_time']:.3f} (ATT_ideal {m['att_ideal_ms']:.2f} ms)")
-    return {"alpha": m["alpha"], "beta": m["beta"], "ideal_time": m["ideal_time"],
-            "att_ideal_ms": m["att_ideal_ms"]}
 
 
 def show(dataset, results, cfg, classes, out_dir, n, metas=None):

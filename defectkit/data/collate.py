@@ -17,11 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
-# keys whose per-sample values are stacked into one tensor when shapes agree
-_STACK = ("image", "mask")
-# keys that are always one scalar per sample
-_SCALAR = ("is_defective", "label", "grade")
+# picture-like values: zero-padded to the batch's largest height/width when sizes differ
+_SPATIAL = (tv_tensors.Image, tv_tensors.Mask, tv_tensors.Video)
 # the key of a skipped-sample marker and of the batch's list of skipped samples
 SKIPPED = "skipped"
 
@@ -63,28 +62,54 @@ class EvalSamples(Dataset):
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:
-    """Images of different sizes are zero-padded (bottom/right) to the largest;
-    ``image_sizes`` keeps each image's (h, w) before padding. Boxes, labels and
-    other per-instance fields stay lists, one entry per image. Skipped-sample markers
-    are left out and listed under ``batch["skipped"]`` (only when there are some)."""
+    """Batch sample dicts key by key, whatever the keys are (no family-specific list):
+
+    - tensors of equal shape are stacked into one ``(B, ...)`` tensor (plain
+      ``torch.Tensor``; e.g. ``image``, ``mask``, a per-image target);
+    - pictures of different sizes (``tv_tensors.Image`` / ``Mask`` / ``Video``, and the
+      sample's ``image`` whatever its type) are zero-padded bottom/right to the largest
+      height and width, then stacked; ``image_sizes`` keeps each ``image``'s (h, w)
+      before padding;
+    - Python ints/bools become one int64 tensor ``(B,)`` (``is_defective``, ``label``,
+      ``grade``, ...), Python floats one float32 tensor ``(B,)``;
+    - anything else stays a list with one entry per image (boxes and labels of different
+      counts, ``meta`` dicts, strings).
+
+    Keys missing from some samples are left out. Skipped-sample markers are left out and
+    listed under ``batch["skipped"]`` (only when there are some). Raises ValueError for
+    an empty list."""
     if not samples:
         raise ValueError("collate: empty batch")
     skipped = [s[SKIPPED] for s in samples if is_skipped(s)]
     samples = [s for s in samples if not is_skipped(s)]
     batch: dict[str, Any] = {}
     for key in (samples[0] if samples else ()):
+        if not all(key in s for s in samples):
+            continue
         values = [s[key] for s in samples]
-        if key in _STACK:
-            batch[key] = _pad_stack(values)
-            if key == "image":
-                batch["image_sizes"] = [tuple(v.shape[-2:]) for v in values]
-        elif key in _SCALAR:
-            batch[key] = torch.as_tensor([int(v) for v in values], dtype=torch.long)
-        else:
-            batch[key] = values
+        batch[key] = _collate_values(key, values)
+        if key == "image" and isinstance(batch[key], torch.Tensor):
+            batch["image_sizes"] = [tuple(v.shape[-2:]) for v in values]
     if skipped:
         batch[SKIPPED] = skipped
     return batch
+
+
+def _collate_values(key: str, values: list) -> Any:
+    """One key's batched value (the rules of :func:`collate`)."""
+    if all(isinstance(v, torch.Tensor) for v in values):
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) == 1:
+            return torch.stack([v.as_subclass(torch.Tensor) for v in values])
+        spatial = key == "image" or all(isinstance(v, _SPATIAL) for v in values)
+        if spatial and len({(v.ndim, tuple(v.shape[:-2])) for v in values}) == 1 and values[0].ndim >= 2:
+            return _pad_stack(values)
+        return values
+    if all(isinstance(v, (bool, int)) for v in values):
+        return torch.as_tensor([int(v) for v in values], dtype=torch.long)
+    if all(isinstance(v, (bool, int, float)) for v in values):
+        return torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+    return values
 
 
 def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -92,7 +117,7 @@ def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     w = max(t.shape[-1] for t in tensors)
     out = []
     for t in tensors:
-        t = torch.as_tensor(t)   # drop tv_tensor subclasses for plain batching
+        t = t.as_subclass(torch.Tensor)   # drop tv_tensor subclasses for plain batching
         if t.shape[-2:] != (h, w):
             t = F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]))
         out.append(t)

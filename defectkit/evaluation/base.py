@@ -20,7 +20,8 @@ import numpy as np
 
 class BaseEvaluator:
     main_metric: str = ""
-    greater_is_better: bool = True
+    greater_is_better: bool = True            # direction of main_metric (and of metrics not in the table)
+    metric_directions: dict[str, bool] = {}   # {metric: greater_is_better} for the other reported metrics
 
     def __init__(self) -> None:
         self.records: list[dict] = []
@@ -41,6 +42,19 @@ class BaseEvaluator:
         """Write plots into ``out_dir``; returns the written paths."""
         return []
 
+    def add_timing(self, metrics: dict[str, Any], times: Sequence[tuple[float, Any]],
+                   results: Sequence[Any] | None = None) -> str | None:
+        """Add the family's metrics derived from model-call times to ``metrics`` (in place)
+        and return a one-line summary of them to print, or None (the default: nothing).
+
+        ``metrics`` already holds the ATT entries of ``summarize_times`` (``att_ms``,
+        ``att_normal_ms``, ``att_defective_ms`` in ms, ``num_images``); ``times`` is the
+        per-image ``(seconds, is_defective or None)`` list of ``run_inference`` or of
+        ``tools/benchmark.py``'s timed calls; ``results`` the timed calls' per-image results
+        when the caller has them (``tools/benchmark.py``), else None. Called by
+        ``tools/test.py`` and ``tools/benchmark.py``, which never know the family."""
+        return None
+
     def export_fields(self, result: Any) -> dict[str, Any]:
         """Extra per-image fields of ``predictions.json`` that name the result's classes as
         the source does (e.g. ``label_name``); none by default."""
@@ -59,6 +73,14 @@ class BaseEvaluator:
 
 
 # ---------------------------------------------------------------------- helpers
+def metric_greater_is_better(evaluator: Any, metric: str) -> bool:
+    """Whether a higher ``metric`` is better, as the evaluator declares it: its
+    ``metric_directions`` entry, else its ``greater_is_better`` (the direction of its
+    ``main_metric``, and the default of the metrics it reports)."""
+    directions = evaluator.metric_directions if isinstance(evaluator, BaseEvaluator) else {}
+    return bool(directions.get(metric, evaluator.greater_is_better))
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The flat ``{name: float}`` part of a metrics dict (what gets logged / compared)."""
     return {k: float(v) for k, v in metrics.items()

@@ -275,6 +275,26 @@ class DetectionEvaluator(BaseEvaluator):
             m["num_gated"] = int(sum(1 for r in self.records if r["gated"]))
         return m
 
+    # ------------------------------------------------------------------------ timing
+    def add_timing(self, metrics: dict[str, Any], times: Sequence[tuple[float, Any]],
+                   results: Sequence[Any] | None = None) -> str:
+        """DefectNet's efficiency model at the measured normal proportion: adds ``alpha``
+        (:func:`normal_proportion` of ``times``), ``beta = ATT_N / ATT_D``, ``ideal_time =
+        1 - (1 - beta) * alpha`` and ``att_ideal_ms`` (:func:`att_model`, from
+        ``metrics['att_normal_ms']`` / ``['att_defective_ms']``, ms); with ``results`` (the
+        timed calls' ``DetectionResult`` s) also ``gate_pass_rate``: the fraction of gated
+        results with ``gated == False`` (None when no result carries a ``gate_score``).
+        Returns the printed line."""
+        m = att_model(metrics, normal_proportion(times))
+        metrics.update({k: m[k] for k in ("alpha", "beta", "ideal_time", "att_ideal_ms")})
+        gate = ""
+        if results is not None:
+            gated = [bool(r.gated) for r in results if r.gate_score is not None]
+            metrics["gate_pass_rate"] = sum(not g for g in gated) / len(gated) if gated else None
+            gate = "" if not gated else f"gate pass rate {metrics['gate_pass_rate']:.3f} | "
+        return (f"{gate}alpha (normal proportion) {m['alpha']:.3f} | beta = ATT_N / ATT_D {m['beta']:.3f} | "
+                f"ideal t = 1 - (1 - beta) * alpha {m['ideal_time']:.3f} (ATT_ideal {m['att_ideal_ms']:.2f} ms)")
+
     # ------------------------------------------------------------------------ output
     def summary(self, metrics: dict[str, Any]) -> str:
         out = []

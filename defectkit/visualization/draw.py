@@ -334,7 +334,9 @@ _DRAWERS: dict = {}
 
 
 def register_drawer(result_type: type, fn, input_pixels: bool = False) -> None:
-    """Teach :func:`draw_result` to draw ``result_type`` with ``fn(image, result, class_names, gt)``.
+    """Teach :func:`draw_result` to draw ``result_type`` (and its subclasses) with
+    ``fn(image, result, class_names, gt) -> PIL.Image``. A family registers its result's
+    drawer next to the result class, at import (e.g. ``visualization/segmentation.py``).
 
     ``input_pixels=True`` declares that the result's maps are in the model's input pixels
     (after the pipeline's resize/crop, e.g. ``AnomalyResult``): ``fn`` then receives the
@@ -342,10 +344,20 @@ def register_drawer(result_type: type, fn, input_pixels: bool = False) -> None:
     _DRAWERS[result_type] = (fn, bool(input_pixels))
 
 
+def drawer_for(result: Any) -> tuple[Any, bool]:
+    """``(fn, input_pixels)`` registered for the type of ``result`` or its nearest base
+    class (method resolution order); raises TypeError when no type in it has a drawer."""
+    for cls in type(result).__mro__:
+        if cls in _DRAWERS:
+            return _DRAWERS[cls]
+    raise TypeError(f"no drawing for results of type {type(result).__name__}: "
+                    f"register one with defectkit.visualization.register_drawer")
+
+
 def draw_result(image: Any, result: Any, class_names: Sequence[str] | None = None,
                 gt: Any = None, pipeline: Any = None) -> Image.Image:
-    """Draw any per-image result of ``model.predict`` (dispatch on its type): THE entry point
-    of ``tools/infer.py`` and ``tools/test.py``.
+    """Draw any per-image result of ``model.predict`` with the drawer registered for its
+    type (:func:`register_drawer`): THE entry point of ``tools/infer.py`` and ``tools/test.py``.
 
     ``image``: the ORIGINAL picture (PIL, or a [0, 1] / uint8 tensor or array as decoded by
     ``load_image``), never the pipeline-resized one: results in original pixels (detection
@@ -359,22 +371,24 @@ def draw_result(image: Any, result: Any, class_names: Sequence[str] | None = Non
     e.g. the centre after ``Resize`` + ``CenterCrop``); None: the whole image.
     Returns a new RGB ``PIL.Image``; raises TypeError for a result type nobody registered.
     """
+    fn, input_pixels = drawer_for(result)
+    img = to_pil(image)
+    if input_pixels and pipeline is not None:
+        from .frame import input_frame
+
+        x0, y0, x1, y1 = (int(round(v)) for v in input_frame(pipeline, img.height, img.width))
+        if (x0, y0, x1, y1) != (0, 0, img.width, img.height) and x1 > x0 and y1 > y0:
+            img = img.crop((x0, y0, x1, y1))
+            if isinstance(gt, (torch.Tensor, np.ndarray)) and gt.ndim >= 2:   # a GT mask
+                gt = gt[..., max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+    return fn(img, result, class_names, gt)
+
+
+def _register_builtin() -> None:
     from ..structures import ClassificationResult, DetectionResult
 
-    if isinstance(result, ClassificationResult):
-        return draw_classification(image, result, class_names, gt=gt)
-    if isinstance(result, DetectionResult):
-        return draw_detection(image, result, class_names, gt=gt)
-    for result_type, (fn, input_pixels) in _DRAWERS.items():
-        if isinstance(result, result_type):
-            img = to_pil(image)
-            if input_pixels and pipeline is not None:
-                from .frame import input_frame
+    register_drawer(ClassificationResult, lambda image, r, names, gt: draw_classification(image, r, names, gt=gt))
+    register_drawer(DetectionResult, lambda image, r, names, gt: draw_detection(image, r, names, gt=gt))
 
-                x0, y0, x1, y1 = (int(round(v)) for v in input_frame(pipeline, img.height, img.width))
-                if (x0, y0, x1, y1) != (0, 0, img.width, img.height) and x1 > x0 and y1 > y0:
-                    img = img.crop((x0, y0, x1, y1))
-                    if isinstance(gt, (torch.Tensor, np.ndarray)) and gt.ndim >= 2:   # a GT mask
-                        gt = gt[..., max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
-            return fn(img, result, class_names, gt)
-    raise TypeError(f"no drawing for results of type {type(result).__name__}")
+
+_register_builtin()
