@@ -60,6 +60,19 @@ class ToyModel(BaseModel):
         return [ToyResult(float(v), int(v > 0.5)) for v in b]
 
 
+class ToyFitModel(ToyModel):
+    """A statistical toy: ``fit`` stores the training set's mean brightness in a buffer."""
+    learning = "fit"
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__(num_classes)
+        self.register_buffer("stats", torch.zeros(4, dtype=torch.float64))
+
+    def fit(self, loader):
+        means = torch.cat([batch["image"].float().mean(dim=(1, 2, 3)) for batch in loader])
+        self.stats.fill_(float(means.mean()))
+
+
 class ToyVec(torch.nn.Module):
     """Adds ``toy_vec``: the per-channel mean of the image, (3,) float32."""
 
@@ -89,7 +102,8 @@ class ToyEvaluator(BaseEvaluator):
         return f"toy: ATT_D / ATT_N {metrics['toy_att_ratio']:.3f}"
 
 
-for registry, name, obj in ((MODELS, "_ToyGenericModel", ToyModel), (TRANSFORMS, "_ToyVec", ToyVec),
+for registry, name, obj in ((MODELS, "_ToyGenericModel", ToyModel), (MODELS, "_ToyGenericFitModel", ToyFitModel),
+                            (TRANSFORMS, "_ToyVec", ToyVec),
                             (EVALUATORS, "_ToyGenericEvaluator", ToyEvaluator)):
     if name not in registry:
         registry.register(name, obj)
@@ -109,14 +123,16 @@ _base_: {ROOT / 'configs/_base_/runtime/default.yaml'}
 model: {{type: _ToyGenericModel}}
 evaluation: {{type: _ToyGenericEvaluator}}
 data:
-  test:
+  train: &toyset
     type: ImageFolderDataset
     root: {tmp / 'data'}
     classes: [good, bad]
     normal_class: good
     pipeline:
       - {{type: _ToyVec}}
+  test: *toyset
   num_workers: 0
+benchmark: {{warmup: 1, iters: 6}}
 """)
     raw = {"bias": torch.tensor(0.0)}
     ckpt = tmp / "toy.pth"
@@ -181,6 +197,25 @@ def test_no_ema_flag_reaches_init_model(name, toy, monkeypatch):
         with pytest.raises(SystemExit, match="stop here"):
             tool(name).main(args + flag + ["--work-dir", str(toy["tmp"] / "w")])
         assert seen.pop("use_ema") is expected
+
+
+def test_benchmark_takes_timing_metrics_from_the_evaluator_and_fit_from_the_declaration(toy, capsys):
+    work = toy["tmp"] / "work_bench"
+    assert tool("benchmark").main([str(toy["cfg"]), str(toy["ckpt"]), "--work-dir", str(work),
+                                   "--device", "cpu"]) == 0
+    r = json.loads((work / "benchmark.json").read_text())
+    assert r["num_normal"] + r["num_defective"] == 6 and r["toy_timed"] == 6
+    assert r["toy_att_ratio"] == pytest.approx(r["att_defective_ms"] / r["att_normal_ms"])
+    assert "toy: ATT_D / ATT_N" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a fitted model"):       # learning = "gradient"
+        tool("benchmark").main([str(toy["cfg"]), "--task", "fit", "--work-dir", str(work)])
+    fit_cfg = toy["tmp"] / "toy_fit.yaml"
+    fit_cfg.write_text(toy["cfg"].read_text().replace("_ToyGenericModel", "_ToyGenericFitModel"))
+    assert tool("benchmark").main([str(fit_cfg), "--task", "fit", "--work-dir", str(work),
+                                   "--fit-batch-sizes", "1", "2", "--iters", "2"]) == 0
+    f = json.loads((work / "benchmark_fit.json").read_text())
+    assert f["num_train"] == 5 and f["statistics_mb"] == 4 * 8 / 2**20      # the fitted buffer
+    assert set(f["inference"]) == {"batch_1", "batch_2"}
 
 
 # ------------------------------------------------------------------ the generic parts
