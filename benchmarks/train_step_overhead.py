@@ -10,7 +10,10 @@ What it measures
         pretrained backbone (see below), loss = sum of its loss dict;
     on the same batch (same pixels, same boxes, same size), interleaved (order alternating
     every repeat), warm-up discarded. Reports mean / median ms per step and the ratio
-    defectkit / torchvision (issue #3 target: <= 1.10).
+    defectkit / torchvision (issue #3 target: <= 1.10). Then the per-step cost of the
+    engine's loop (``Trainer.train`` with its hooks and ``run_step`` bookkeeping, around a
+    near-free model; ``engine_overhead_ms``) is added to the defectkit side: the target
+    applies to (defectkit step + engine loop) / torchvision step.
 
 Made comparable
     * Image size: torchvision's ``GeneralizedRCNNTransform`` gets ``min_size`` / ``max_size``
@@ -84,6 +87,69 @@ def make_batch(n, w, h, k, nboxes, seed):
         boxes.append(torch.cat([xy, xy + wh], 1))
         labels.append(torch.randint(0, k, (nboxes,), generator=g))  # 0-based defect labels
     return raw, boxes, labels
+
+
+def engine_overhead_ms(steps: int = 300) -> float:
+    """Per-step cost (ms) of defectkit's training loop itself: ``Trainer.train()`` with its
+    default hooks (LR schedule, logging every 50 steps, checkpoint/eval checks) and
+    ``run_step``'s bookkeeping (batch to device, loss parsing, rank average, non-finite check,
+    zero_grad/backward/step of one parameter), around a model and data that cost almost
+    nothing (one scalar parameter, 1x1 images from memory, batch 1). Measured between the
+    first ``before_step`` and the last ``after_step`` (no checkpoint is written in between).
+    An upper bound of what the engine adds to every real training step."""
+    import tempfile
+
+    import torch
+
+    from defectkit.engine import Trainer
+    from defectkit.engine.hooks import HookBase
+    from defectkit.registry import DATASETS, HOOKS, MODELS
+
+    class _BenchSet:
+        classes = ["ok", "defect"]
+
+        def __init__(self, n: int = 1):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(1, 1, 1), "label": i % 2, "meta": {"id": i}}
+
+    class _BenchModel(torch.nn.Module):
+        def __init__(self, num_classes: int = 2):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, batch):
+            return {"loss": (self.w * batch["image"].mean() - 1.0) ** 2}
+
+    class _BenchClock(HookBase):
+        first = last = 0.0
+
+        def before_step(self):
+            if not _BenchClock.first:
+                _BenchClock.first = time.perf_counter()
+
+        def after_step(self):
+            _BenchClock.last = time.perf_counter()
+
+    for reg, obj in ((DATASETS, _BenchSet), (MODELS, _BenchModel), (HOOKS, _BenchClock)):
+        if obj.__name__ not in reg:
+            reg.register(obj=obj)
+    cfg = {"model": {"type": "_BenchModel"}, "seed": 0, "device": "cpu",
+           "data": {"train": {"type": "_BenchSet", "n": steps}, "batch_size": 1, "num_workers": 0, "shuffle": False},
+           "optimizer": {"type": "SGD", "lr": 0.01},
+           "train": {"max_iters": steps, "log_interval": 50, "checkpoint_interval": 0, "progress": False,
+                     "hooks": [{"type": "_BenchClock"}]}}
+    with tempfile.TemporaryDirectory() as work_dir:
+        t = Trainer(cfg, work_dir=work_dir)
+        try:
+            t.train()
+        finally:
+            t.close()
+    return 1000 * (_BenchClock.last - _BenchClock.first) / (steps - 1)
 
 
 def main(argv=None):
@@ -174,6 +240,8 @@ def main(argv=None):
                 "all": v}
 
     ms = {n: summary(v) for n, v in times.items()}
+    engine_ms = engine_overhead_ms()
+    ratio_engine = (ms["defectkit"]["mean"] + engine_ms) / ms["torchvision"]["mean"]
     ratio = ms["defectkit"]["mean"] / ms["torchvision"]["mean"]
     ratio_median = ms["defectkit"]["median"] / ms["torchvision"]["median"]
     per_step = [a / b for a, b in zip(times["defectkit"], times["torchvision"])]
@@ -188,7 +256,8 @@ def main(argv=None):
         "trainable_params": trainable,
         "ms_per_step": ms, "ratio_defectkit_over_torchvision": ratio, "ratio_from_medians": ratio_median,
         "ratio_per_step": {"min": min(per_step), "max": max(per_step), "all": per_step},
-        "target_ratio": 1.10, "target_met": ratio <= 1.10,
+        "engine_ms_per_step": engine_ms, "ratio_with_engine": ratio_engine,
+        "target_ratio": 1.10, "target_met": ratio_engine <= 1.10,
         "final_losses": {n: v[-1] for n, v in losses.items()},
         "wall_s": time.perf_counter() - t_start,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
@@ -204,7 +273,10 @@ def main(argv=None):
         print(f"  {n:12s} mean {ms[n]['mean']:8.1f} ms   median {ms[n]['median']:8.1f} ms   "
               f"trainable params {trainable[n] / 1e6:.2f} M")
     print(f"  ratio defectkit / torchvision = {ratio:.3f} (medians {ratio_median:.3f}; per step "
-          f"{min(per_step):.3f}..{max(per_step):.3f})   target <= 1.10: {'met' if ratio <= 1.10 else 'MISSED'}")
+          f"{min(per_step):.3f}..{max(per_step):.3f})")
+    print(f"  defectkit engine loop (hooks, logging, run_step bookkeeping): {engine_ms:.2f} ms per step; "
+          f"(defectkit + engine) / torchvision = {ratio_engine:.3f}   "
+          f"target <= 1.10: {'met' if ratio_engine <= 1.10 else 'MISSED'}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -277,6 +277,7 @@ def _blame_options(e: ConfigError, written: dict) -> ConfigError:
 
 # ------------------------------------------------------------------------ validation
 Spec = Any  # None (anything) | Registry | dict[str, Spec] | dataclass type | ("list", Spec)
+#            | ("extra_keys", Registry, {key: Spec}) (a built dict plus keys its builder pops)
 #            | a type annotation (int, str | None, ...)
 
 ROOT_SCHEMA: dict[str, Spec] = {}   # filled by defectkit.engine.settings (and families)
@@ -506,6 +507,13 @@ def _validate(value: Any, spec: Spec, path: str) -> None:
             raise ConfigError(f"{path}: expected a list, got {_shown(value)}")
         for i, item in enumerate(value):
             _validate(item, spec[1], f"{path}.{i}")
+    elif isinstance(spec, tuple) and spec[0] == "extra_keys":   # (.., Registry, {key: spec}): keys the builder pops
+        if isinstance(value, dict):
+            for k, sub in spec[2].items():
+                if k in value:
+                    _validate(value[k], sub, f"{path}.{k}")
+            value = {k: v for k, v in value.items() if k not in spec[2]}
+        _validate(value, spec[1], path)
     elif _is_dataclass_type(spec):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")

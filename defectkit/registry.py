@@ -92,3 +92,4 @@ OPTIMIZERS = Registry("optimizer", check_build=_probe_params,   # torch may lack
                              "weight_decay": float, "betas": tuple[float, float],
                              "nesterov": bool, "amsgrad": bool})
 LR_SCHEDULES = Registry("lr_schedule", check_build=True)
+HOOKS = Registry("hook", check_build=True)   # training hooks (train.hooks: [{type: ...}])

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from defectkit.models.base import BaseModel
 from defectkit.registry import DATASETS, EVALUATORS, MODELS
 from defectkit.structures import ClassificationResult
 
@@ -92,8 +93,10 @@ class _ToyClassifier(nn.Module):
         return [ClassificationResult(label=int(p.argmax()), scores=p) for p in probs]
 
 
-class _ToyFitModel(nn.Module):
+class _ToyFitModel(BaseModel):
     """A statistical model: ``fit`` stores the mean colour of each class; no parameters."""
+
+    learning = "fit"
 
     def __init__(self, num_classes: int = 2):
         super().__init__()

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, register_section
-from ..registry import DATASETS, EVALUATORS, LR_SCHEDULES, MODELS, OPTIMIZERS
+from ..registry import DATASETS, EVALUATORS, HOOKS, LR_SCHEDULES, MODELS, OPTIMIZERS
+from .optim import Paramwise
 
 
 @dataclass
@@ -22,6 +23,23 @@ class DataSettings:
     shuffle: bool = True
     drop_last: bool = False
     category: str | None = None    # when set, replaces `category` of every split (and of `evaluation`)
+
+
+@dataclass
+class EMASettings:
+    """``train.ema``: an exponential moving average of the weights (``engine/ema.py``)."""
+
+    decay: float = 0.9999
+    update_after_step: int = 0      # optimizer steps before averaging starts (a copy until then)
+    update_every: int = 1           # average every this many optimizer steps
+    use_for_eval: bool = True       # evaluate during training with the EMA weights
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"decay: must be in [0, 1], got {self.decay!r}")
+        if self.update_after_step < 0 or self.update_every < 1:
+            raise ValueError(f"update_after_step must be >= 0 and update_every >= 1, got "
+                             f"{self.update_after_step!r} and {self.update_every!r}")
 
 
 @dataclass
@@ -39,6 +57,8 @@ class TrainSettings:
     progress: bool = True           # progress bar on a terminal (plain lines otherwise)
     find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient in a step
     load_from_min_match: float = 0.0  # load_from fails when no tensor, or under this share, matches
+    ema: EMASettings | None = None  # e.g. {decay: 0.9999}: keep an EMA of the weights (null = off)
+    hooks: list[dict] | None = field(default=None, metadata={"spec": ("list", HOOKS)})  # custom hooks
 
 
 @dataclass
@@ -59,6 +79,11 @@ def training_settings(cfg: dict) -> tuple[TrainSettings, DataSettings]:
             raise ConfigError(f"{name}: {e}") from None
 
     train, data = build(TrainSettings, "train"), build(DataSettings, "data")
+    if isinstance(train.ema, dict):
+        try:
+            train.ema = EMASettings(**train.ema)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"train.ema: {e}") from None
     if not cfg.get("model"):
         raise ConfigError("model: required (a dict with a 'type' from the model registry)")
     if not data.train:
@@ -88,7 +113,7 @@ def training_settings(cfg: dict) -> tuple[TrainSettings, DataSettings]:
 def _declare() -> None:
     register_section("model", MODELS)
     register_section("data", DataSettings)
-    register_section("optimizer", OPTIMIZERS)
+    register_section("optimizer", ("extra_keys", OPTIMIZERS, {"paramwise": Paramwise}))
     register_section("lr_schedule", LR_SCHEDULES)
     register_section("train", TrainSettings)
     register_section("evaluation", EVALUATORS)

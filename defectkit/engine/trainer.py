@@ -1,18 +1,22 @@
-"""The Trainer: one loop for every trainable family, plus the ``fit`` path for statistical models.
+"""The Trainer: one small loop for every trainable family (detectron2's ``train_loop.py`` shape).
 
     from defectkit.config import load_config
     from defectkit.engine import train
     result = train(load_config("configs/x.yaml"), work_dir="work_dirs/x", resume="auto")
 
-Order of one training iteration: set the LR from the schedule (a pure function of
-(iteration, epoch)), move the batch to the device, ``losses = model(batch)`` (under
+``Trainer.train()`` runs ``before_train``, then per epoch ``before_epoch``, per batch
+``before_step`` / :meth:`Trainer.run_step` / ``after_step``, ``after_epoch``, and
+``after_train``; the hooks (``engine/hooks/``) do the rest: LR schedule, logging,
+evaluation + best checkpoint, periodic checkpoints, EMA, and any ``train.hooks``.
+:meth:`Trainer.run_step` is one optimizer step: batch to the device,
+``model.train_step_begin(progress)`` (a ``BaseModel``), ``losses = model(batch)`` (under
 autocast with AMP), sum the ``loss*`` terms, average the terms over ranks and stop on a
-non-finite one, backward (through the GradScaler), optional gradient clipping, step.
+non-finite one, backward (through the GradScaler), optional gradient clipping, step,
+``model.train_step_end(progress)``. A subclass may override it.
 
-After an epoch (or every ``val_interval`` / ``checkpoint_interval`` iterations in an
-iteration-based run): evaluate, save ``epoch_N.pth`` / ``iter_N.pth`` and repoint
-``latest.pth`` / ``last_checkpoint``, keep ``best_<metric>.pth``. Everything a resumed
-run needs to continue exactly is in the checkpoint (see ``docs/training.md``).
+Statistical models (``learning = "fit"``) go through ``engine/fitting.py`` instead.
+Everything a resumed run needs to continue exactly is in the checkpoint, hooks' state
+included (see ``docs/training.md``).
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ import re
 import time
 import warnings
 import weakref
-from contextlib import nullcontext
 from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +35,21 @@ import torch
 
 from ..config import ConfigError, dump_config, validate_config
 from ..data.collate import to_device
-from ..registry import LR_SCHEDULES
+from ..models.base import BaseModel, Progress, learning_of
+from ..registry import HOOKS, LR_SCHEDULES
 from . import distributed as dist_utils
 from .builders import (build_dataset, build_eval_loader, build_evaluator, build_model,
                        build_train_loader, dataset_classes, iters_per_epoch)
-from .fitting import fit_model
 from .checkpoint import (CheckpointError, CheckpointNotFoundError, NonFiniteCheckpointError,
                          check_model_type, checkpoint_model_type, describe_nonfinite, extract_state_dict,
                          find_latest_checkpoint, link_or_copy, load_checkpoint, load_state_dict,
                          make_checkpoint, make_meta, nonfinite_tensors, remove_stale_temp_files,
                          repair_latest, save_checkpoint, update_latest)
+from .fitting import run_fitting
+from .hooks import (BestCheckpointHook, CheckpointHook, EMAHook, EvalHook, HookBase, LoggerHook,
+                    LRScheduleHook, resolve_save_best)
 from .inference import run_inference
-from .logger import (ProgressBar, ScalarWriter, close_logger, collect_env, flat_scalars, format_env,
-                     format_eta, memory_mb, setup_logger)
+from .logger import ScalarWriter, close_logger, collect_env, flat_scalars, format_env, setup_logger
 from .losses import NonFiniteLossError, parse_losses
 from .lr_schedule import ConstantLR, LRSchedule
 from .optim import build_optimizer
@@ -66,24 +72,20 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)   # per-iteration loss terms and lr of this run
 
 
-_LOWER_IS_BETTER = {"loss", "error", "err", "time", "att", "fpr", "fnr", "mae", "mse", "rmse", "ms"}
-
-
-def _greater_is_better(metric: str, evaluator: Any) -> bool:
-    if evaluator is not None and metric == getattr(evaluator, "main_metric", None):
-        return bool(getattr(evaluator, "greater_is_better", True))
-    tokens = set(re.split(r"[^a-z0-9]+", metric.lower()))
-    return not (tokens & _LOWER_IS_BETTER)
-
-
 class Trainer:
-    """Builds everything from a resolved config and runs training (or fitting).
+    """Builds everything from a resolved config; :meth:`train` runs training (or fitting).
 
     ``resume``: None, ``"auto"`` (newest checkpoint of ``work_dir``, from scratch if none)
     or a checkpoint path. ``load_from``: a checkpoint whose weights initialise the model
     (non-strict; optimizer, schedule and counters start fresh). ``seed``,
     ``deterministic``, ``device`` override the config's. Construction validates the
     config (``ConfigError``) before anything is written or built.
+
+    Public state the hooks read: ``model`` (unwrapped), ``train_model`` (DDP wrapper or
+    the model), ``optimizer``, ``schedule``, ``base_lrs``, ``epoch`` / ``iter`` /
+    ``inner_iter`` (completed), ``max_epochs`` / ``max_iters`` / ``iters_per_epoch`` /
+    ``by_iter``, ``log_vars`` (the last step's values), ``data_time`` / ``step_start``,
+    ``best`` / ``best_path`` (kept by the best-checkpoint hook), ``writer``, ``logger``.
     """
 
     def __init__(self, cfg: dict, work_dir: str | Path | None = None, resume: str | Path | None = None,
@@ -97,26 +99,40 @@ class Trainer:
             raise ConfigError("work_dir: not set; pass work_dir= (tools/train.py uses "
                               "work_dirs/<config-stem>) or set `work_dir` in the config")
         self.work_dir = Path(work_dir)
-
-        # -- processes and device
-        self._owns_process_group = not dist_utils.is_distributed() and dist_utils.launched_by_torchrun()
-        req_device = device if device is not None else cfg.get("device")
-        self.rank, self.world_size, self.local_rank = dist_utils.init_distributed(device=req_device)
-        self.is_main = self.rank == 0
-        self.device = resolve_device(req_device, self.local_rank)
-
-        # -- the work dir: created and locked by rank 0 before anything reads or writes it
-        self._lock: WorkDirLock | None = None
+        self._setup_processes(device if device is not None else cfg.get("device"))
         self._take_work_dir()
         try:
-            self._setup(cfg, resume, load_from, seed, deterministic)
+            resume_ckpt = self._read_resume(resume, cfg)
+            self._setup_run(cfg, resume_ckpt, load_from, seed, deterministic)
+            self._build_data()
+            self._build_model()
+            self._build_evaluation()
+            self._build_optimizer()
+            self._init_state()
+            self.hooks: list[HookBase] = []
+            self.register_hooks(self.build_hooks())
+            if resume_ckpt is not None:
+                self._apply_resume(resume_ckpt)
+            elif self.load_from:
+                self._apply_load_from(self.load_from)
+            self._open_writer()
+            self._wrap_ddp()
         except BaseException:
             self._release_work_dir()
             raise
 
+    # ------------------------------------------------------------------ setup helpers
+    def _setup_processes(self, req_device) -> None:
+        """DDP: join (or, under torchrun, create) the process group; pick this rank's device."""
+        self._owns_process_group = not dist_utils.is_distributed() and dist_utils.launched_by_torchrun()
+        self.rank, self.world_size, self.local_rank = dist_utils.init_distributed(device=req_device)
+        self.is_main = self.rank == 0
+        self.device = resolve_device(req_device, self.local_rank)
+
     def _take_work_dir(self) -> None:
         """Rank 0 creates and locks the work dir, removes the temp files of killed saves and
         re-aligns ``latest.pth`` / ``last_checkpoint``; every rank raises if that failed."""
+        self._lock: WorkDirLock | None = None
         self._start_notes: list[str] = []
         error: BaseException | None = None
         if self.is_main:
@@ -146,18 +162,29 @@ class Trainer:
         if self._lock is not None:
             self._lock.release()
 
-    def _setup(self, cfg: dict, resume, load_from, seed, deterministic) -> None:
-        # -- what to resume from (its seed is needed before anything random happens)
-        self._resume_ckpt: dict | None = None
+    def _read_resume(self, resume, cfg: dict) -> dict | None:
+        """The checkpoint to resume from (read, model type checked), or None."""
         self._resume_note: str | None = None
         self.resume_path: Path | None = None
-        if resume is not None and resume is not False:
-            self.resume_path = self._resolve_resume(resume)
-            if self.resume_path is not None:
-                self._resume_ckpt = load_checkpoint(self.resume_path, map_location="cpu")
-                check_model_type(self._resume_ckpt, cfg["model"].get("type"), str(self.resume_path),
-                                 "--resume")
-        ckpt_seed = (self._resume_ckpt or {}).get("meta", {}).get("seed")
+        if resume is None or resume is False:
+            return None
+        if str(resume) == "auto" or resume is True:
+            self.resume_path = find_latest_checkpoint(self.work_dir)
+            if self.resume_path is None:
+                self._resume_note = f"resume=auto: no checkpoint in {self.work_dir}; starting from scratch"
+                return None
+        else:
+            self.resume_path = Path(resume)
+            if not self.resume_path.is_file():
+                raise CheckpointNotFoundError(f"--resume: checkpoint file not found: {self.resume_path}")
+        ckpt = load_checkpoint(self.resume_path, map_location="cpu")
+        check_model_type(ckpt, cfg["model"].get("type"), str(self.resume_path), "--resume")
+        return ckpt
+
+    def _setup_run(self, cfg: dict, resume_ckpt: dict | None, load_from, seed, deterministic) -> None:
+        """Seed (the resumed checkpoint's, else the config's, else random), resolved config
+        written to the work dir, logger, global seeding, AMP availability."""
+        ckpt_seed = (resume_ckpt or {}).get("meta", {}).get("seed")
         if seed is None:
             seed = ckpt_seed if ckpt_seed is not None else cfg.get("seed")
         if seed is None:
@@ -165,14 +192,11 @@ class Trainer:
         self.seed = int(seed)
         self.deterministic = bool(deterministic if deterministic is not None else cfg.get("deterministic", False))
         self.load_from = load_from if load_from is not None else cfg.get("load_from")
-
         # the resolved config records what the run used (``device`` stays as written: null = auto)
         cfg.update(seed=self.seed, deterministic=self.deterministic, work_dir=str(self.work_dir))
         if self.load_from is not None:
             cfg["load_from"] = str(self.load_from)
         self.cfg = cfg
-
-        # -- work dir, logs
         if self.is_main:
             dump_config(cfg, self.work_dir / "config.yaml")
         self.logger = setup_logger(self.work_dir, self.rank)
@@ -184,40 +208,17 @@ class Trainer:
         if self._resume_note:
             self.logger.info(self._resume_note)
         set_seed(self.seed, self.deterministic)
-
         self.amp = bool(self.train_cfg.amp)
         if self.amp and self.device.type != "cuda":
             msg = f"train.amp is on but the device is {self.device.type}: AMP needs CUDA; training in fp32"
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
             self.logger.warning(msg)
             self.amp = False
 
-        # -- data, model
+    def _build_data(self) -> None:
         self.train_set = build_dataset(self.data_cfg.train)
         self.val_set = build_dataset(self.data_cfg.val) if self.data_cfg.val else None
-        self.classes = dataset_classes(self.train_set, cfg)
-        self.model = build_model(cfg["model"], self.classes).to(self.device)
-        self.logger.info(f"model: {type(self.model).__name__} "
-                         f"({sum(p.numel() for p in self.model.parameters()):,} parameters); "
-                         f"train set: {len(self.train_set)} samples"
-                         + (f"; val set: {len(self.val_set)} samples" if self.val_set is not None else ""))
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.fit_mode = callable(getattr(self.model, "fit", None)) and (not trainable or not cfg.get("optimizer"))
-
-        # -- evaluation
-        self.evaluator = None
-        if cfg.get("evaluation") and self.val_set is not None:
-            self.evaluator = build_evaluator(cfg["evaluation"], self.classes, dataset=self.val_set)
-        elif cfg.get("evaluation"):
-            self.logger.info("evaluation is configured but data.val is not: no validation during training")
-        self.val_loader = None
-        if self.evaluator is not None:
-            self.val_loader = build_eval_loader(
-                self.val_set, self.data_cfg.val_batch_size or self.data_cfg.batch_size,
-                self.data_cfg.num_workers, pin_memory=self.device.type == "cuda")
-        self.save_best = self._resolve_save_best()
-
-        # -- sampler and length of training
+        self.classes = dataset_classes(self.train_set, self.cfg)
         self.batch_size = self.data_cfg.batch_size
         self.sampler = TrainSampler(len(self.train_set), shuffle=self.data_cfg.shuffle, seed=self.seed,
                                     rank=self.rank, world_size=self.world_size)
@@ -231,86 +232,114 @@ class Trainer:
                            else self.train_cfg.epochs)
         self.max_iters = self.train_cfg.max_iters if self.by_iter else self.max_epochs * self.iters_per_epoch
 
-        # -- optimisation
-        self.optimizer = None
-        self.schedule: LRSchedule | None = None
-        self.scaler = None
-        if not self.fit_mode:
-            if not cfg.get("optimizer"):
-                raise ConfigError("optimizer: required to train this model "
-                                  "(e.g. optimizer: {type: SGD, lr: 0.01, momentum: 0.9})")
-            self.optimizer = build_optimizer(cfg["optimizer"], self.model)
-            self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-            self.schedule = (LR_SCHEDULES.build(cfg["lr_schedule"]) if cfg.get("lr_schedule")
-                             else ConstantLR())
-            self.schedule.bind(max_epochs=None if self.by_iter else self.max_epochs,
-                               max_iters=self.max_iters)
-            if self.by_iter and self.schedule.by_epoch and not isinstance(self.schedule, ConstantLR):
-                self.logger.warning(
-                    f"iteration-based training (train.max_iters) with an epoch-based LR schedule: "
-                    f"{type(self.schedule).__name__} counts epochs of {self.iters_per_epoch} iterations; "
-                    f"set lr_schedule.by_epoch: false to count iterations")
-            self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-            self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+    def _build_model(self) -> None:
+        self.model = build_model(self.cfg["model"], self.classes).to(self.device)
+        self.fit_mode = learning_of(self.model) == "fit"
+        self.logger.info(f"model: {type(self.model).__name__} "
+                         f"({sum(p.numel() for p in self.model.parameters()):,} parameters, "
+                         f"learning: {learning_of(self.model)}); train set: {len(self.train_set)} samples"
+                         + (f"; val set: {len(self.val_set)} samples" if self.val_set is not None else ""))
 
-        # -- state
+    def _build_evaluation(self) -> None:
+        self.evaluator = self.val_loader = None
+        if self.cfg.get("evaluation") and self.val_set is not None:
+            self.evaluator = build_evaluator(self.cfg["evaluation"], self.classes, dataset=self.val_set)
+            self.val_loader = build_eval_loader(
+                self.val_set, self.data_cfg.val_batch_size or self.data_cfg.batch_size,
+                self.data_cfg.num_workers, pin_memory=self.device.type == "cuda")
+        elif self.cfg.get("evaluation"):
+            self.logger.info("evaluation is configured but data.val is not: no validation during training")
+
+    def _build_optimizer(self) -> None:
+        """Optimizer (with ``optimizer.paramwise`` groups), LR schedule and GradScaler; none
+        for a fitted model."""
+        self.optimizer = self.schedule = self.scaler = None
+        self.base_lrs: list[float] = []
+        if self.fit_mode:
+            if self.cfg.get("optimizer"):
+                self.logger.warning("optimizer: ignored: the model is fitted (learning = 'fit'), not trained")
+            return
+        cfg = self.cfg
+        if not cfg.get("optimizer"):
+            raise ConfigError("optimizer: required to train this model "
+                              "(e.g. optimizer: {type: SGD, lr: 0.01, momentum: 0.9})")
+        self.optimizer = build_optimizer(cfg["optimizer"], self.model)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.schedule = LR_SCHEDULES.build(cfg["lr_schedule"]) if cfg.get("lr_schedule") else ConstantLR()
+        self.schedule.bind(max_epochs=None if self.by_iter else self.max_epochs, max_iters=self.max_iters)
+        if self.by_iter and self.schedule.by_epoch and not isinstance(self.schedule, ConstantLR):
+            self.logger.warning(
+                f"iteration-based training (train.max_iters) with an epoch-based LR schedule: "
+                f"{type(self.schedule).__name__} counts epochs of {self.iters_per_epoch} iterations; "
+                f"set lr_schedule.by_epoch: false to count iterations")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _init_state(self) -> None:
         self.epoch = 0             # epochs completed
         self.iter = 0              # iterations completed
         self.inner_iter = 0        # iterations completed in the running epoch
         self.best: dict | None = None
         self.best_path: Path | None = None
         self.last_checkpoint: Path | None = None
+        self.last_checkpoint_iter: int | None = None   # self.iter when last_checkpoint was written
         self.last_metrics: dict | None = None
         self.history: list[dict] = []
+        self.log_vars: dict[str, float] = {}
+        self.data_time = self.step_start = 0.0
         self._resume_rng: dict | None = None
         self._kept: list[Path] = []
-        self._warned_missing_metric = False
         self.load_report = None    # LoadReport of load_from
 
-        if self._resume_ckpt is not None:
-            self._apply_resume(self._resume_ckpt)
-            self._resume_ckpt = None
-        elif self.load_from:
-            self._apply_load_from(self.load_from)
-        if self.is_main:
-            self._kept = self._existing_periodic()
+    def build_hooks(self) -> list[HookBase]:
+        """The built-in hooks for this config, then ``train.hooks`` (from the HOOKS registry).
 
+        Order: LR schedule, EMA, logging, evaluation, periodic checkpoint, best checkpoint,
+        custom hooks (a fitted model gets only the best checkpoint and the custom hooks)."""
+        t = self.train_cfg
+        save_best = resolve_save_best(t.save_best, self.evaluator, self.logger)
+        if self.fit_mode and t.ema is not None:
+            raise ConfigError("train.ema: the model is fitted (learning = 'fit'), not trained: no weights "
+                              "to average; remove train.ema")
+        hooks: list[HookBase] = []
+        if not self.fit_mode:
+            hooks.append(LRScheduleHook())
+            if t.ema is not None:
+                hooks.append(EMAHook(t.ema.decay, t.ema.update_after_step, t.ema.update_every,
+                                     t.ema.use_for_eval))
+            hooks.append(LoggerHook())
+            if self.evaluator is not None:
+                hooks.append(EvalHook())
+            hooks.append(CheckpointHook())
+        if save_best is not None:
+            hooks.append(BestCheckpointHook(*save_best))
+        hooks += [HOOKS.build(h) for h in (t.hooks or [])]
+        return hooks
+
+    def register_hooks(self, hooks: list[HookBase]) -> None:
+        """Append ``hooks`` (each gets ``hook.trainer``) and log the resolved list."""
+        for h in hooks:
+            h.trainer = weakref.proxy(self)
+        self.hooks.extend(hooks)
+        self.logger.info("hooks: " + ", ".join(repr(h) for h in self.hooks))
+
+    def _open_writer(self) -> None:
         self.writer = ScalarWriter(self.work_dir, self.train_cfg.tensorboard, enabled=self.is_main)
         if self.is_main:   # a resumed run continues the file, a fresh one starts it anew
             self.writer.truncate_after(self.iter if self.resume_path is not None else -1)
+        if self.is_main:
+            self._kept = self._existing_periodic()
 
+    def _wrap_ddp(self) -> None:
         self.train_model: torch.nn.Module = self.model
         if self.world_size > 1 and not self.fit_mode:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.train_cfg.find_unused_parameters)
 
-    def _resolve_resume(self, resume: str | Path) -> Path | None:
-        if str(resume) == "auto" or resume is True:
-            path = find_latest_checkpoint(self.work_dir)
-            if path is None:
-                self._resume_note = f"resume=auto: no checkpoint in {self.work_dir}; starting from scratch"
-            return path
-        path = Path(resume)
-        if not path.is_file():
-            raise CheckpointNotFoundError(f"--resume: checkpoint file not found: {path}")
-        return path
-
-    def _resolve_save_best(self) -> tuple[str, bool] | None:
-        name = self.train_cfg.save_best
-        if not name or self.evaluator is None:
-            return None
-        if name == "auto":
-            main = getattr(self.evaluator, "main_metric", None)
-            if main is None:
-                self.logger.warning("train.save_best: auto, but the evaluator has no main_metric; "
-                                    "no best checkpoint will be kept")
-                return None
-            return main, bool(getattr(self.evaluator, "greater_is_better", True))
-        return name, _greater_is_better(name, self.evaluator)
-
     # ------------------------------------------------------------------ resume / load
     def _apply_resume(self, ckpt: dict) -> None:
+        """Weights, optimizer/scaler state, counters, RNG states and every hook's state."""
         meta = ckpt.get("meta") or {}
         src = str(self.resume_path)
         load_state_dict(self.model, extract_state_dict(ckpt, src), strict=True, source=src)
@@ -335,12 +364,8 @@ class Trainer:
             self.epoch, self.inner_iter = divmod(self.iter, self.iters_per_epoch)
         if self.inner_iter == self.iters_per_epoch:
             self.epoch, self.inner_iter = self.epoch + 1, 0
-        self.best = meta.get("best_metric")
-        if self.best and self.save_best and self.best.get("name") != self.save_best[0]:
-            self.best = None
-        if self.best:
-            p = self.work_dir / self._best_name(self.best["name"])
-            self.best_path = p if p.is_file() else None
+        for h in self.hooks:
+            h.load_state(ckpt)
         rng = ckpt.get("rng")
         ranks = ckpt.get("rng_ranks")
         if ranks and len(ranks) == self.world_size:
@@ -380,10 +405,6 @@ class Trainer:
             f"{report.matched}/{report.total} model tensors loaded; {report}")
 
     # ------------------------------------------------------------------ checkpoints
-    @staticmethod
-    def _best_name(metric: str) -> str:
-        return f"best_{re.sub(r'[^A-Za-z0-9_.-]+', '_', metric)}.pth"
-
     def _periodic_name(self) -> str:
         return f"iter_{self.iter}.pth" if self.by_iter else f"epoch_{self.epoch}.pth"
 
@@ -405,6 +426,8 @@ class Trainer:
         ckpt = make_checkpoint(self.model, meta, self.optimizer, self.schedule, self.scaler, rng)
         if rng_ranks is not None:
             ckpt["rng_ranks"] = rng_ranks
+        for h in self.hooks:
+            h.save_state(ckpt)
         return ckpt
 
     def _check_finite(self, path: Path) -> None:
@@ -428,7 +451,7 @@ class Trainer:
 
     def save_checkpoint(self, name: str | None = None) -> Path:
         """Save ``epoch_N.pth`` / ``iter_N.pth`` (or ``name``), repoint latest, prune old ones.
-        Never writes NaN/Inf weights or buffers (:class:`NonFiniteCheckpointError`)."""
+        Never writes NaN/Inf weights or buffers (:class:`NonFiniteCheckpointError`). All ranks call it."""
         path = self.work_dir / (name or self._periodic_name())
         self._check_finite(path)
         ckpt = self._checkpoint()
@@ -443,29 +466,40 @@ class Trainer:
                 old = self._kept.pop(0)
                 old.unlink(missing_ok=True)
             self.logger.info(f"saved checkpoint {path}")
-        self.last_checkpoint = path
+        self.last_checkpoint, self.last_checkpoint_iter = path, self.iter
         return path
 
-    def _save_best(self, just_saved: Path | None) -> None:
-        path = self.work_dir / self._best_name(self.best["name"])
-        if just_saved is not None:
+    def write_checkpoint(self, name: str, same_as: Path | None = None) -> Path:
+        """Write ``work_dir/name`` outside the periodic rotation (``latest.pth`` stays): a
+        hard link (or copy) of ``same_as`` when given (a checkpoint of this very state),
+        else a fresh checkpoint. All ranks call it."""
+        path = self.work_dir / name
+        if same_as is not None:
             if self.is_main:
-                link_or_copy(just_saved, path)
-        else:
-            self._check_finite(path)
-            ckpt = self._checkpoint()
-            if self.is_main:
-                save_checkpoint(ckpt, path)
-        self.best_path = path
+                link_or_copy(same_as, path)
+            return path
+        self._check_finite(path)
+        ckpt = self._checkpoint()
         if self.is_main:
-            self.logger.info(f"new best {self.best['name']}={self.best['value']:.6g} "
-                             f"(epoch {self.best['epoch']}, iteration {self.best['iter']}): {path}")
+            save_checkpoint(ckpt, path)
+        return path
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict | None:
-        """Run validation (all ranks), log it, update the best metric; returns the metrics."""
+        """Run validation (all ranks) between the hooks' ``before_eval`` / ``after_eval``
+        (e.g. EMA weights swapped in and out), log it; returns the metrics (None without
+        an evaluator)."""
         if self.evaluator is None or self.val_loader is None:
             return None
+        metrics = None
+        self.call_hooks("before_eval")
+        try:
+            metrics = self._validate()
+        finally:
+            self.call_hooks("after_eval", metrics)
+        return metrics
+
+    def _validate(self) -> dict:
         t0 = time.perf_counter()
         with preserved_rng():
             out = run_inference(self.model, self.val_loader, self.evaluator, self.device,
@@ -485,117 +519,50 @@ class Trainer:
                                **scalars, "att_ms": out.timing.get("att_ms")})
         return metrics
 
-    def _update_best(self, metrics: dict | None) -> bool:
-        if not metrics or self.save_best is None:
-            return False
-        name, greater = self.save_best
-        value = flat_scalars(metrics).get(name)
-        if value is None:
-            if not self._warned_missing_metric:
-                self.logger.warning(f"train.save_best: metric '{name}' is not among the evaluation "
-                                    f"results ({', '.join(sorted(flat_scalars(metrics)))})")
-                self._warned_missing_metric = True
-            return False
-        value = float(value)
-        if math.isnan(value):
-            return False
-        if self.best is not None and not (value > self.best["value"] if greater else value < self.best["value"]):
-            return False
-        self.best = {"name": name, "value": value, "epoch": self.epoch, "iter": self.iter,
-                     "greater_is_better": greater}
-        return True
-
-    def _after_period(self, count: int, last: bool) -> None:
-        """Evaluate / checkpoint after epoch or iteration ``count`` (``last``: end of training)."""
-        t = self.train_cfg
-        improved = False
-        if self.evaluator is not None and t.val_interval > 0 and (count % t.val_interval == 0 or last):
-            improved = self._update_best(self.evaluate())
-        saved = None
-        if last or (t.checkpoint_interval > 0 and count % t.checkpoint_interval == 0):
-            saved = self.save_checkpoint()
-        if improved:
-            self._save_best(saved)
-
     # ------------------------------------------------------------------ training
+    def call_hooks(self, event: str, *args: Any) -> None:
+        """Call ``event`` (e.g. ``"after_step"``) on every hook, in order."""
+        for h in self.hooks:
+            getattr(h, event)(*args)
+
     def train(self) -> TrainResult:
         """Train (or fit) to the end; returns a :class:`TrainResult`."""
         try:
             if self.fit_mode:
-                self._fit()
+                run_fitting(self)
+            elif self.iter >= self.max_iters:
+                self.logger.info(f"nothing to train: iteration {self.iter} of {self.max_iters} already reached")
             else:
-                self._train_loop()
+                self._restore_rng()
+                self._log_start()
+                self.call_hooks("before_train")
+                try:
+                    while self.iter < self.max_iters:
+                        self.call_hooks("before_epoch")
+                        for batch in self._timed(self._epoch_loader()):
+                            self.call_hooks("before_step")
+                            self.log_vars = self.run_step(batch)
+                            self.history.append({"iter": self.iter, "epoch": self.epoch + 1, **self.log_vars})
+                            self.call_hooks("after_step")
+                            if self.iter >= self.max_iters:
+                                break
+                        if self._end_epoch():
+                            self.call_hooks("after_epoch")
+                finally:
+                    self.call_hooks("after_train")
         finally:
             self.writer.close()
         return self.result()
 
-    def result(self) -> TrainResult:
-        return TrainResult(work_dir=self.work_dir, epoch=self.epoch, iter=self.iter,
-                           last_checkpoint=self.last_checkpoint, best_checkpoint=self.best_path,
-                           best_metric=self.best, metrics=self.last_metrics, history=self.history)
-
-    def _set_lr(self) -> float:
-        factor = self.schedule(self.iter, self.epoch, self.iters_per_epoch)
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = base * factor
-        return self.optimizer.param_groups[0]["lr"]
-
-    def _epoch_loader(self):
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(self.epoch)
-        skip = min(self.inner_iter * self.batch_size, self.sampler.num_samples)
-        self.sampler.set_epoch(self.epoch, skip=skip)
-        return build_train_loader(self.train_set, self.batch_size, self.sampler, self.epoch,
-                                  num_workers=self.data_cfg.num_workers, drop_last=self.data_cfg.drop_last,
-                                  seed=self.seed, pin_memory=self.device.type == "cuda")
-
-    def _train_loop(self) -> None:
-        if self.iter >= self.max_iters:
-            self.logger.info(f"nothing to train: iteration {self.iter} of {self.max_iters} already reached")
-            return
-        if self._resume_rng is not None:
-            set_rng_state(self._resume_rng)
-            self._resume_rng = None
-        unit = f"{self.max_iters} iterations" if self.by_iter else \
-            f"{self.max_epochs} epochs x {self.iters_per_epoch} iterations"
-        self.logger.info(f"training for {unit} (batch {self.batch_size} x {self.world_size} process(es)) "
-                         f"from iteration {self.iter}")
-        self._bar = ProgressBar(self.max_iters, initial=self.iter,
-                                enabled=self.train_cfg.progress and self.is_main)
-        self._run_start, self._run_start_iter = time.perf_counter(), self.iter
-        self._window: list[dict] = []
-        try:
-            while self.iter < self.max_iters:
-                loader = self._epoch_loader()
-                t_data = time.perf_counter()
-                n_batches = 0
-                for batch in loader:
-                    n_batches += 1
-                    data_time = time.perf_counter() - t_data
-                    self._train_step(batch, data_time, t_data)
-                    if self.by_iter:
-                        self._after_period(self.iter, last=self.iter >= self.max_iters)
-                    if self.iter >= self.max_iters:
-                        break
-                    t_data = time.perf_counter()
-                if n_batches == 0 and self.inner_iter < self.iters_per_epoch:
-                    raise RuntimeError(f"the training loader of epoch {self.epoch + 1} yielded no batch "
-                                       f"({self.inner_iter}/{self.iters_per_epoch} iterations done)")
-                if self.inner_iter >= self.iters_per_epoch:
-                    self.epoch, self.inner_iter = self.epoch + 1, 0
-                    if not self.by_iter:
-                        self._after_period(self.epoch, last=self.epoch >= self.max_epochs)
-        finally:
-            self._bar.close()
-
-    def _train_step(self, batch: dict, data_time: float, t_start: float) -> None:
+    def run_step(self, batch: dict) -> dict[str, float]:
+        """One optimizer step on ``batch``; returns the logged values (rank-averaged loss
+        terms, ``lr``, ``grad_norm`` with clipping). Raises :class:`NonFiniteLossError`."""
         self.train_model.train()
-        lr = self._set_lr()
         batch = to_device(batch, self.device, non_blocking=self.device.type == "cuda")
-        if callable(getattr(self.model, "set_progress", None)):   # e.g. DefectNet's gate-loss schedule
-            self.model.set_progress(self.epoch, self.iter)
-        autocast = torch.autocast(device_type="cuda") if self.amp else nullcontext()
-        with autocast:
+        declared = isinstance(self.model, BaseModel)
+        if declared:   # e.g. DefectNet's gate-loss schedule
+            self.model.train_step_begin(self.progress())
+        with torch.autocast(device_type="cuda") if self.amp else nullcontext():
             outputs = self.train_model(batch)
         loss, terms = parse_losses(outputs)
         keys = list(terms)
@@ -609,45 +576,66 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.train_cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.train_cfg.grad_clip)
-            log_vars["grad_norm"] = float(norm)
+            log_vars["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.train_cfg.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.iter += 1
         self.inner_iter += 1
-        log_vars["lr"] = lr
-        self.history.append({"iter": self.iter, "epoch": self.epoch + 1, **log_vars})
-        now = time.perf_counter()
-        self._window.append({**log_vars, "time": now - t_start, "data_time": data_time})
-        self._bar.update(1, loss=f"{log_vars['loss']:.4f}", lr=f"{lr:.2e}")
-        if self.iter % self.train_cfg.log_interval == 0 or self.iter >= self.max_iters:
-            self._log_train()
+        if declared:
+            self.model.train_step_end(self.progress())
+        log_vars["lr"] = self.optimizer.param_groups[0]["lr"]
+        return log_vars
 
-    def _log_train(self) -> None:
-        window, self._window = self._window, []
-        if not window or not self.is_main:
-            return
-        keys = [k for k in window[-1] if k != "lr"]
-        avg = {k: sum(w.get(k, 0.0) for w in window) / len(window) for k in keys}
-        lr = window[-1]["lr"]
-        done = self.iter - self._run_start_iter
-        per_iter = (time.perf_counter() - self._run_start) / max(done, 1)
-        eta = per_iter * (self.max_iters - self.iter)
-        mem = memory_mb(self.device)
-        if self.by_iter:
-            pos = f"Iter [{self.iter}/{self.max_iters}] (epoch {self.epoch + 1})"
-        else:
-            pos = f"Epoch [{self.epoch + 1}/{self.max_epochs}][{self.inner_iter}/{self.iters_per_epoch}]"
-        losses = "  ".join(f"{k}: {avg[k]:.4f}" for k in keys if k not in ("time", "data_time"))
-        self.logger.info(f"{pos}  lr: {lr:.3e}  eta: {format_eta(eta)}  time: {avg['time']:.3f}  "
-                         f"data_time: {avg['data_time']:.3f}  memory: {mem:.0f} MB  {losses}",
-                         extra={"bar_replaces": True})
-        self.writer.write({"mode": "train", "step": self.iter, "epoch": self.epoch + 1, "iter": self.iter,
-                           "lr": lr, **avg, "memory_mb": mem})
+    def progress(self) -> Progress:
+        """Where training stands (what ``train_step_begin`` / ``train_step_end`` receive)."""
+        return Progress(epoch=self.epoch, iter=self.iter, max_epochs=None if self.by_iter else self.max_epochs,
+                        max_iters=self.max_iters)
 
-    def _fit(self) -> None:
-        """Statistical models: ``model.fit(loader)`` over the training set, save, evaluate."""
-        fit_model(self)
+    def _restore_rng(self) -> None:
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None
+
+    def _log_start(self) -> None:
+        unit = f"{self.max_iters} iterations" if self.by_iter else \
+            f"{self.max_epochs} epochs x {self.iters_per_epoch} iterations"
+        self.logger.info(f"training for {unit} (batch {self.batch_size} x {self.world_size} process(es)) "
+                         f"from iteration {self.iter}")
+
+    def _epoch_loader(self):
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)
+        skip = min(self.inner_iter * self.batch_size, self.sampler.num_samples)
+        self.sampler.set_epoch(self.epoch, skip=skip)
+        return build_train_loader(self.train_set, self.batch_size, self.sampler, self.epoch,
+                                  num_workers=self.data_cfg.num_workers, drop_last=self.data_cfg.drop_last,
+                                  seed=self.seed, pin_memory=self.device.type == "cuda")
+
+    def _timed(self, loader):
+        """Yield the batches of ``loader``, setting ``step_start`` (when the wait for the
+        batch began) and ``data_time`` (how long it took); counts them in ``_epoch_batches``."""
+        self._epoch_batches = 0
+        self.step_start = time.perf_counter()
+        for batch in loader:
+            self.data_time = time.perf_counter() - self.step_start
+            self._epoch_batches += 1
+            yield batch
+            self.step_start = time.perf_counter()
+
+    def _end_epoch(self) -> bool:
+        """After the epoch's batches: True (epoch counter advanced) when it ran to its end."""
+        if self._epoch_batches == 0 and self.inner_iter < self.iters_per_epoch:
+            raise RuntimeError(f"the training loader of epoch {self.epoch + 1} yielded no batch "
+                               f"({self.inner_iter}/{self.iters_per_epoch} iterations done)")
+        if self.inner_iter < self.iters_per_epoch:
+            return False
+        self.epoch, self.inner_iter = self.epoch + 1, 0
+        return True
+
+    def result(self) -> TrainResult:
+        return TrainResult(work_dir=self.work_dir, epoch=self.epoch, iter=self.iter,
+                           last_checkpoint=self.last_checkpoint, best_checkpoint=self.best_path,
+                           best_metric=self.best, metrics=self.last_metrics, history=self.history)
 
     def close(self) -> None:
         """Release logs, the work dir's lock and (if this trainer created it) the process group."""

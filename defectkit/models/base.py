@@ -54,6 +54,10 @@ class BaseModel(nn.Module):
     def train_step_end(self, progress: Progress) -> None:
         """Called by the engine after the optimizer step of every training step."""
 
+    def calibrate(self, loader) -> None:
+        """``learning = "fit"``: called after ``fit`` with the ``data.val`` batches when the
+        config has a validation split (e.g. PaDiM's thresholds); no-op by default."""
+
 
 def learning_of(model: nn.Module) -> Learning:
     """``model.learning`` for a ``BaseModel``; ``"gradient"`` for any other module."""

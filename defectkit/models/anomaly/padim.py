@@ -65,6 +65,7 @@ from torch import nn
 
 from ...registry import MODELS
 from ...structures import AnomalyResult
+from ..base import BaseModel
 from ..backbones import build_backbone
 
 logger = logging.getLogger("defectkit")
@@ -207,9 +208,11 @@ def f1_adaptive_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------ model
 @MODELS.register()
-class PaDiM(nn.Module):
+class PaDiM(BaseModel):
     """PaDiM; see the module docstring. ``num_features`` (d) defaults to 100 for
     resnet18 and 550 for wide_resnet50_2 (required for other backbones)."""
+
+    learning = "fit"
 
     def __init__(self, backbone: str = "resnet18", pretrained: str | None = None,
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"),

@@ -29,6 +29,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from ...structures import DetectionResult
 from ..backbones import build_backbone
+from ..base import BaseModel, Progress
 from .defectnet import GateConfig, GateHead, gate_weight
 
 FEATURE_NAMES = ("0", "1", "2", "3")   # P2..P5 keys of the FPN output ("pool" = P6)
@@ -167,7 +168,7 @@ def rescale_boxes(boxes: torch.Tensor, meta: dict | None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- the detector
-class TwoStageDetector(nn.Module):
+class TwoStageDetector(BaseModel):
     """Backbone + FPN + RPN (+ DefectNet gate); subclasses implement ``roi_losses`` and
     ``roi_predict`` and call ``super().__init__`` first. See the subclass docstrings for
     the arguments."""
@@ -221,6 +222,10 @@ class TwoStageDetector(nn.Module):
     def set_progress(self, epoch: int, iteration: int) -> None:
         """Called by the trainer before every training step (0-based epoch, iterations done)."""
         self.epoch, self.iteration = int(epoch), int(iteration)
+
+    def train_step_begin(self, progress: Progress) -> None:
+        """The engine's call before every training step: the gate-loss schedule's position."""
+        self.set_progress(progress.epoch, progress.iter)
 
     def gate_loss_weight(self) -> float:
         if self.gate_cfg is None:
