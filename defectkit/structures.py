@@ -1,7 +1,8 @@
 """Typed per-image results returned by ``model.predict(batch)``.
 
-Each family adds its own dataclass here; evaluators, visualisers and tools
-only rely on these fields.
+Every result inherits :class:`Result`, which declares what the tools ask of it (JSON form,
+files, ground-truth key, display names); its drawing is registered for its type with
+``defectkit.visualization.register_drawer``. The tools never branch on the type.
 """
 from __future__ import annotations
 
@@ -11,8 +12,31 @@ from typing import ClassVar, Sequence
 import torch
 
 
+class Result:
+    """Base of per-image results (a dataclass subclass adds the fields).
+
+    ``gt_key``: the sample key (or tuple of keys) that ``tools/test.py --show`` draws as
+    ground truth; None (default): the model's ``target`` (e.g. ``is_defective``)."""
+
+    gt_key: ClassVar[str | tuple | None] = None
+
+    def to_json(self) -> dict:
+        """The JSON form of ``predictions.json`` / ``results.json`` (plain types only)."""
+        raise NotImplementedError(f"{type(self).__name__}.to_json")
+
+    def write_files(self, out_dir, stem: str) -> list[str]:
+        """Files ``tools/infer.py`` writes next to the drawing (e.g. a mask PNG), named
+        ``<out_dir>/<stem>_*``; returns their paths. None by default."""
+        return []
+
+    def class_names(self, target: str, classes: Sequence[str] | None) -> Sequence[str] | None:
+        """Names of the result's class indices, given the model's ``target`` and the
+        dataset's ``classes`` (default: ``classes``: boxes, masks and maps)."""
+        return classes
+
+
 @dataclass
-class ClassificationResult:
+class ClassificationResult(Result):
     label: int                  # predicted class index (0 = normal for 2-way models)
     scores: torch.Tensor        # (num_classes,) softmax probabilities, on CPU
 
@@ -26,6 +50,10 @@ class ClassificationResult:
 
     def to_json(self) -> dict:
         return {"label": self.label, "scores": [round(float(s), 6) for s in self.scores]}
+
+    def class_names(self, target: str, classes: Sequence[str] | None) -> list[str]:
+        """An image-level label is named after ``target`` (:func:`class_names_for`)."""
+        return class_names_for(target, len(self.scores), classes)
 
 
 # image-level class names of every 2-way normal/defective model and evaluator
@@ -47,7 +75,7 @@ def class_names_for(target: str, num_classes: int, classes: Sequence[str] | None
 
 
 @dataclass
-class DetectionResult:
+class DetectionResult(Result):
     """Detections of one image, in ORIGINAL image pixels (the model undoes the pipeline's
     resize with ``meta['scale_factor']``), on CPU.
 
@@ -75,7 +103,7 @@ class DetectionResult:
 
 
 @dataclass
-class SegmentationResult:
+class SegmentationResult(Result):
     """Semantic segmentation of one image (ZNet, UNet), in ORIGINAL image pixels, on CPU.
 
     ``mask``: per-pixel class index (0 = background). ``image_scores``: softmax of an
@@ -109,7 +137,7 @@ class SegmentationResult:
 
 
 @dataclass
-class AnomalyResult:
+class AnomalyResult(Result):
     """Anomaly score of one image (PaDiM), maps in the model's input pixels (after the pipeline).
 
     ``score``: image anomaly score (normalised to [0, 1] once thresholds are fitted, raw

@@ -141,12 +141,7 @@ def pipeline_norm(pipeline):
 
 
 def result_names(cfg: dict, result, classes):
-    """Display names for a result's class indices: an image-level label (a result with one
-    ``label`` over per-class ``scores``) is named after the model's ``target`` ("normal" /
-    "defective" for ``is_defective``); boxes, masks and maps use the dataset's ``classes``."""
-    from defectkit.structures import class_names_for
-
-    scores = getattr(result, "scores", None)
-    if scores is None or getattr(result, "label", None) is None:
-        return classes
-    return class_names_for(cfg["model"].get("target", "is_defective"), len(scores), classes)
+    """Display names for a result's class indices, as the result declares them
+    (``Result.class_names``: an image-level label is named after the model's ``target``,
+    "normal" / "defective" for ``is_defective``; boxes, masks and maps use ``classes``)."""
+    return result.class_names(cfg["model"].get("target", "is_defective"), classes)

@@ -103,8 +103,9 @@ def infer_one(model, pipeline, path, index, device, out_dir, rec, cfg, classes, 
         result = model.predict(to_device(collate([sample]), device))[0]
     rec.update(result.to_json())
     stem = f"{index:05d}_{path.stem}"
-    if callable(getattr(result, "write_files", None)):   # e.g. segmentation masks as PNG
-        rec["files"] = result.write_files(out_dir, stem)
+    files = result.write_files(out_dir, stem)            # e.g. segmentation masks as PNG
+    if files:
+        rec["files"] = files
     if draw:
         drawn = draw_result(img, result, result_names(cfg, result, classes), pipeline=pipeline)
         drawn.save(out_dir / f"{stem}.png")

@@ -129,7 +129,7 @@ def show(dataset, results, cfg, classes, out_dir, n, metas=None):
             else:                                    # no original: the pipeline's picture
                 sample, pipeline = dataset[j], None
                 sample["image"] = to_pil(sample["image"], *pipeline_norm(dataset.pipeline))
-            key = getattr(res, "gt_key", target)     # e.g. "mask", ("boxes", "labels"), the target
+            key = res.gt_key or target               # e.g. "mask", ("boxes", "labels"), the target
             keys = key if isinstance(key, tuple) else (key,)
             gt = None
             if all(k in sample for k in keys):
