@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from defectkit.models.base import BaseModel
+from defectkit.evaluation import BaseEvaluator
 from defectkit.registry import DATASETS, EVALUATORS, MODELS
 from defectkit.structures import ClassificationResult
 
@@ -124,7 +125,7 @@ class _ToyFitModel(BaseModel):
         return [ClassificationResult(label=int(p.argmax()), scores=p) for p in probs]
 
 
-class _ToyEvaluator:
+class _ToyEvaluator(BaseEvaluator):
     """Accuracy over ``label``; ``scripted`` replaces the accuracy of the k-th evaluation
     by ``scripted[k]`` (to test best-checkpoint keeping). ``ids`` lists every evaluated
     sample id (to test that gathering counts each sample once)."""
