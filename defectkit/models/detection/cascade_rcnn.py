@@ -39,6 +39,7 @@ class CascadeRCNN(TwoStageDetector):
         rpn_train_topn / rpn_test_topn: RPN pre- and post-NMS proposals (2000 / 1000).
         rpn_nms_iou: RPN NMS IoU (0.7). anchor_sizes: one per level P2..P6 (scale 8 x stride).
         fc_dim: width of each stage's TwoMLPHead. rois_per_img: sampled RoIs per image.
+        roi_pos_fraction: at most this share of them positive (mmdet ``pos_fraction``, 0.25).
         stage_ious / stage_loss_weights: per stage.
         score_thr, nms_iou, max_per_img: test-time filtering.
         gate: DefectNet gate options (``GateConfig``), null for the plain detector.
@@ -53,7 +54,7 @@ class CascadeRCNN(TwoStageDetector):
                  norm_eval: bool = True, classes: list[str] | None = None, num_classes: int | None = None,
                  fpn_channels: int = 256, rpn_train_topn: int = 2000, rpn_test_topn: int = 1000,
                  rpn_nms_iou: float = 0.7, anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
-                 fc_dim: int = 1024, rois_per_img: int = 512,
+                 fc_dim: int = 1024, rois_per_img: int = 512, roi_pos_fraction: float = 0.25,
                  stage_ious: tuple[float, ...] = DEFAULT_STAGE_IOUS,
                  stage_loss_weights: tuple[float, ...] = DEFAULT_STAGE_LOSS_WEIGHTS,
                  score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
@@ -72,7 +73,8 @@ class CascadeRCNN(TwoStageDetector):
         self.stage_loss_weights = [float(w) for w in stage_loss_weights]
         self.stages = nn.ModuleList(
             RoIStage(fpn_channels, self.num_classes, iou=float(iou), weights=DEFAULT_STAGE_WEIGHTS[s],
-                     class_agnostic=True, fc_dim=fc_dim, batch_size_per_image=rois_per_img)
+                     class_agnostic=True, fc_dim=fc_dim, batch_size_per_image=rois_per_img,
+                     positive_fraction=roi_pos_fraction)
             for s, iou in enumerate(stage_ious))
 
     def loss_keys(self) -> list[str]:

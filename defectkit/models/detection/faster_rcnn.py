@@ -22,7 +22,7 @@ class FasterRCNN(TwoStageDetector):
                  norm_eval: bool = True, classes: list[str] | None = None, num_classes: int | None = None,
                  fpn_channels: int = 256, rpn_train_topn: int = 2000, rpn_test_topn: int = 1000,
                  rpn_nms_iou: float = 0.7, anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
-                 fc_dim: int = 1024, rois_per_img: int = 512, roi_iou: float = 0.5,
+                 fc_dim: int = 1024, rois_per_img: int = 512, roi_pos_fraction: float = 0.25, roi_iou: float = 0.5,
                  score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
                  gate: GateConfig | dict | None = None, normal_negatives: bool = False):
         super().__init__(backbone=backbone, pretrained=pretrained, frozen_stages=frozen_stages,
@@ -33,7 +33,7 @@ class FasterRCNN(TwoStageDetector):
                          normal_negatives=normal_negatives)
         self.roi_head = RoIStage(fpn_channels, self.num_classes, iou=float(roi_iou),
                                  weights=(10.0, 10.0, 5.0, 5.0), class_agnostic=False, fc_dim=fc_dim,
-                                 batch_size_per_image=rois_per_img)
+                                 batch_size_per_image=rois_per_img, positive_fraction=roi_pos_fraction)
 
     def loss_keys(self) -> list[str]:
         return ["loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"]
