@@ -160,3 +160,46 @@ class _RecordWeights(HookBase):
 
 if "_RecordWeights" not in HOOKS:
     HOOKS.register(obj=_RecordWeights)
+
+
+_DDP_WORKER = '''
+import os, sys
+import torch
+torch.set_num_threads(1)
+import helpers_toy as H
+from defectkit.engine import Trainer, distributed as D
+
+out = sys.argv[1]
+cfg = H.toy_config(data={"train": {"type": "_ToyDataset", "num_samples": 16}, "batch_size": 4},
+                   train={"epochs": 1, "ema": {"decay": 0.6}}, evaluation=None)
+t = Trainer(cfg, work_dir=os.path.join(out, "work"))
+t.train()
+ema = [h for h in t.hooks if type(h).__name__ == "EMAHook"][0].ema
+torch.save({"ema": ema.state_dict()["state_dict"], "model": t.model.state_dict()},
+           os.path.join(out, f"rank{D.get_rank()}.pt"))
+t.close()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_ema_under_ddp_averages_the_unwrapped_model(tmp_path):
+    import os
+    import subprocess
+
+    from test_distributed import TESTS, _torchrun
+
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(_torchrun() + ["--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert set(r0["ema"]) == set(r0["model"])                      # model keys, no "module." prefix
+    assert all(torch.equal(r0["ema"][k], r1["ema"][k]) for k in r0["ema"])   # same EMA on every rank
+    ck = load_checkpoint(tmp_path / "work" / "latest.pth")
+    assert all(torch.equal(ck["ema"]["state_dict"][k], r0["ema"][k]) for k in r0["ema"])
+    assert not torch.equal(ck["ema"]["state_dict"]["fc.weight"], ck["state_dict"]["fc.weight"])

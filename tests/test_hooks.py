@@ -1,7 +1,6 @@
 """The training loop's hooks: call order, custom hooks from train.hooks, run_step override,
 the model interface calls (train_step_begin/end), the metric direction from the evaluator."""
 import pytest
-import torch
 
 from defectkit.engine import Trainer
 from defectkit.engine.hooks import HookBase
@@ -126,3 +125,10 @@ def test_metric_direction_comes_from_the_evaluator(tmp_path):
     r = _run(Trainer(cfg, work_dir=tmp_path))
     assert r.best_metric["value"] == 0.2 and r.best_metric["epoch"] == 2
     assert r.best_metric["greater_is_better"] is False
+
+
+def test_builtin_hook_in_train_hooks_is_an_error(tmp_path):
+    from defectkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.hooks.0: CheckpointHook is a built-in hook"):
+        Trainer(toy_config(train={"hooks": [{"type": "CheckpointHook"}]}), work_dir=tmp_path)

@@ -1,6 +1,5 @@
 """optimizer.paramwise: per-parameter LR and weight decay groups (mmengine names)."""
 import pytest
-import torch
 from torch import nn
 
 from defectkit.config import ConfigError, validate_config

@@ -11,3 +11,4 @@ from .inference import InferenceOutput, run_inference, summarize_times  # noqa: 
 from .losses import NonFiniteLossError, parse_losses  # noqa: F401
 from .runtime import default_work_dir, resolve_device  # noqa: F401
 from .trainer import Trainer, TrainResult, train  # noqa: F401
+from .rounds import run_rounds  # noqa: F401

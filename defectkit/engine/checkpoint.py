@@ -411,3 +411,32 @@ def make_checkpoint(model: torch.nn.Module, meta: dict, optimizer=None, schedule
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng,
     }
+
+
+def load_weights_from(model: torch.nn.Module, path: str | os.PathLike, model_type: str | None,
+                      min_match: float, logger) -> LoadReport:
+    """``load_from``: non-strict weight loading of ``path`` into ``model``, logged (a warning
+    when keys differ or the checkpoint is of another model type than ``model_type``).
+
+    Raises :class:`CheckpointError` (with the matched/total tensor counts and both model
+    types) when no tensor, or fewer than the share ``min_match`` (``train.load_from_min_match``)
+    of the model's tensors, match."""
+    src = str(path)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    stored = checkpoint_model_type(ckpt)
+    types = (f"checkpoint model type '{stored or 'unknown (no defectkit meta)'}', "
+             f"config model.type '{model_type}'")
+    report = load_state_dict(model, extract_state_dict(ckpt, src), strict=False, source=src)
+    if report.total and (report.matched == 0 or report.share < min_match):
+        raise CheckpointError(
+            f"{src}: load_from matched {report.matched} of the model's {report.total} tensors "
+            f"({report.share:.0%}; train.load_from_min_match is {min_match:g}); {types}"
+            + ("" if stored in (None, model_type) else ": a checkpoint of another model type")
+            + "; give a checkpoint of this model (or of its backbone)"
+            + (", or lower train.load_from_min_match" if report.matched else ""))
+    if stored not in (None, model_type):
+        logger.warning(f"load_from {src}: {types}; {report.matched}/{report.total} tensors matched")
+    log = logger.info if report.clean else logger.warning
+    log(f"load_from {path}: weights only (optimizer, schedule and counters start fresh); "
+        f"{report.matched}/{report.total} model tensors loaded; {report}")
+    return report

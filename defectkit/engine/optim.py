@@ -54,8 +54,13 @@ class Paramwise:
     custom_keys: dict[str, dict] = field(default_factory=dict)   # {key: {lr_mult, decay_mult}}
 
     def __post_init__(self):
-        self.custom_keys = {k: v if isinstance(v, CustomKey) else CustomKey(**v)
-                            for k, v in (self.custom_keys or {}).items()}
+        keys = {}
+        for k, v in (self.custom_keys or {}).items():
+            if isinstance(v, dict) and set(v) - {"lr_mult", "decay_mult"}:
+                raise ValueError(f"custom_keys.{k}: unknown key(s) {sorted(set(v) - {'lr_mult', 'decay_mult'})} "
+                                 f"(accepted: decay_mult, lr_mult)")
+            keys[k] = v if isinstance(v, CustomKey) else CustomKey(**v)
+        self.custom_keys = keys
         for name in ("norm_decay_mult", "bias_decay_mult", "bias_lr_mult"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")

@@ -41,23 +41,23 @@ from . import distributed as dist_utils
 from .builders import (build_dataset, build_eval_loader, build_evaluator, build_model,
                        build_train_loader, dataset_classes, iters_per_epoch)
 from .checkpoint import (CheckpointError, CheckpointNotFoundError, NonFiniteCheckpointError,
-                         check_model_type, checkpoint_model_type, describe_nonfinite, extract_state_dict,
+                         check_model_type, describe_nonfinite, extract_state_dict,
                          find_latest_checkpoint, link_or_copy, load_checkpoint, load_state_dict,
-                         make_checkpoint, make_meta, nonfinite_tensors, remove_stale_temp_files,
-                         repair_latest, save_checkpoint, update_latest)
+                         load_weights_from, make_checkpoint, make_meta, nonfinite_tensors, save_checkpoint,
+                         update_latest)
 from .fitting import run_fitting
-from .hooks import (BestCheckpointHook, CheckpointHook, EMAHook, EvalHook, HookBase, LoggerHook,
-                    LRScheduleHook, resolve_save_best)
+from .hooks import (BUILTIN_HOOKS, BestCheckpointHook, CheckpointHook, EMAHook, EvalHook, HookBase,
+                    LoggerHook, LRScheduleHook, resolve_save_best)
 from .inference import run_inference
 from .logger import ScalarWriter, close_logger, collect_env, flat_scalars, format_env, setup_logger
 from .losses import NonFiniteLossError, parse_losses
-from .lr_schedule import ConstantLR, LRSchedule
+from .lr_schedule import ConstantLR
 from .optim import build_optimizer
 from .runtime import default_work_dir, resolve_device
 from .sampler import TrainSampler
 from .seeding import get_rng_state, preserved_rng, random_seed, set_rng_state, set_seed
 from .settings import training_settings
-from .workdir import WorkDirError, WorkDirLock, make_work_dir
+from .workdir import take_work_dir
 
 
 @dataclass
@@ -130,33 +130,10 @@ class Trainer:
         self.device = resolve_device(req_device, self.local_rank)
 
     def _take_work_dir(self) -> None:
-        """Rank 0 creates and locks the work dir, removes the temp files of killed saves and
-        re-aligns ``latest.pth`` / ``last_checkpoint``; every rank raises if that failed."""
-        self._lock: WorkDirLock | None = None
-        self._start_notes: list[str] = []
-        error: BaseException | None = None
-        if self.is_main:
-            try:
-                make_work_dir(self.work_dir)
-                self._lock = WorkDirLock(self.work_dir).acquire()
-                weakref.finalize(self, self._lock.release)   # an abandoned Trainer frees the dir
-                self._start_notes += self._lock.notes
-                removed = remove_stale_temp_files(self.work_dir)
-                if removed:
-                    self._start_notes.append(f"removed {len(removed)} temp file(s) left by killed "
-                                             f"saves: {', '.join(removed)}")
-                note = repair_latest(self.work_dir)
-                if note:
-                    self._start_notes.append(note)
-            except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
-                error = e
-        if self.world_size > 1:
-            msg = dist_utils.broadcast_object(f"{error}" if error is not None else None)
-            if msg is not None and error is None:
-                raise WorkDirError(msg)
-        if error is not None:
-            self._release_work_dir()
-            raise error
+        """Create and lock the work dir (rank 0); see :func:`~defectkit.engine.workdir.take_work_dir`."""
+        self._lock, self._start_notes = take_work_dir(self.work_dir, self.is_main, self.world_size)
+        if self._lock is not None:
+            weakref.finalize(self, self._lock.release)   # an abandoned Trainer frees the dir
 
     def _release_work_dir(self) -> None:
         if self._lock is not None:
@@ -313,7 +290,11 @@ class Trainer:
             hooks.append(CheckpointHook())
         if save_best is not None:
             hooks.append(BestCheckpointHook(*save_best))
-        hooks += [HOOKS.build(h) for h in (t.hooks or [])]
+        for i, h in enumerate(t.hooks or []):
+            if HOOKS.get(h["type"]) in BUILTIN_HOOKS:
+                raise ConfigError(f"train.hooks.{i}: {h['type']} is a built-in hook, on by default "
+                                  f"(set it through its train.* keys, e.g. train.ema)")
+            hooks.append(HOOKS.build(h))
         return hooks
 
     def register_hooks(self, hooks: list[HookBase]) -> None:
@@ -380,29 +361,9 @@ class Trainer:
                          + (f", best {self.best['name']}={self.best['value']:.6g}" if self.best else ""))
 
     def _apply_load_from(self, path: str | Path) -> None:
-        """Non-strict weight loading; a :class:`CheckpointError` (with the matched/total
-        tensor counts and both model types) when no tensor, or fewer than the share
-        ``train.load_from_min_match`` of the model's tensors, match."""
-        src = str(path)
-        ckpt = load_checkpoint(path, map_location="cpu")
-        stored, wanted = checkpoint_model_type(ckpt), self.cfg["model"].get("type")
-        types = (f"checkpoint model type '{stored or 'unknown (no defectkit meta)'}', "
-                 f"config model.type '{wanted}'")
-        report = load_state_dict(self.model, extract_state_dict(ckpt, src), strict=False, source=src)
-        self.load_report = report
-        least = self.train_cfg.load_from_min_match
-        if report.total and (report.matched == 0 or report.share < least):
-            raise CheckpointError(
-                f"{src}: load_from matched {report.matched} of the model's {report.total} tensors "
-                f"({report.share:.0%}; train.load_from_min_match is {least:g}); {types}"
-                + ("" if stored in (None, wanted) else ": a checkpoint of another model type")
-                + "; give a checkpoint of this model (or of its backbone)"
-                + (", or lower train.load_from_min_match" if report.matched else ""))
-        if stored not in (None, wanted):
-            self.logger.warning(f"load_from {src}: {types}; {report.matched}/{report.total} tensors matched")
-        log = self.logger.info if report.clean else self.logger.warning
-        log(f"load_from {path}: weights only (optimizer, schedule and counters start fresh); "
-            f"{report.matched}/{report.total} model tensors loaded; {report}")
+        """Weights only, non-strict (:func:`~defectkit.engine.checkpoint.load_weights_from`)."""
+        self.load_report = load_weights_from(self.model, path, self.cfg["model"].get("type"),
+                                             self.train_cfg.load_from_min_match, self.logger)
 
     # ------------------------------------------------------------------ checkpoints
     def _periodic_name(self) -> str:

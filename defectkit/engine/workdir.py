@@ -132,3 +132,36 @@ class WorkDirLock:
         info = self._read()
         if info is not None and info.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+
+
+def take_work_dir(work_dir: Path, is_main: bool, world_size: int) -> tuple["WorkDirLock | None", list[str]]:
+    """What a run does first with its work dir: rank 0 creates and locks it, removes the temp
+    files of killed saves and re-aligns ``latest.pth`` / ``last_checkpoint``; every rank
+    raises (:class:`WorkDirError` on the others) if that failed. Returns ``(lock, notes)``
+    (the lock on rank 0, None elsewhere; notes to log as warnings)."""
+    from . import distributed as dist_utils
+    from .checkpoint import remove_stale_temp_files, repair_latest
+
+    lock, notes, error = None, [], None
+    if is_main:
+        try:
+            make_work_dir(work_dir)
+            lock = WorkDirLock(work_dir).acquire()
+            notes += lock.notes
+            removed = remove_stale_temp_files(work_dir)
+            if removed:
+                notes.append(f"removed {len(removed)} temp file(s) left by killed saves: {', '.join(removed)}")
+            note = repair_latest(work_dir)
+            if note:
+                notes.append(note)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = e
+    if world_size > 1:
+        msg = dist_utils.broadcast_object(f"{error}" if error is not None else None)
+        if msg is not None and error is None:
+            raise WorkDirError(msg)
+    if error is not None:
+        if lock is not None:
+            lock.release()
+        raise error
+    return lock, notes

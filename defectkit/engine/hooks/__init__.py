@@ -1,5 +1,6 @@
-"""Training hooks (see ``base.py`` for the order of calls); the built-in ones, one per file,
-are registered in ``HOOKS`` so a config may also list them in ``train.hooks``."""
+"""Training hooks (see ``base.py`` for the order of calls). The built-in ones, one per file,
+are registered in ``HOOKS`` (so the registry lists every hook) but switched on by their
+``train.*`` keys; ``train.hooks`` adds custom ones."""
 from ...registry import HOOKS
 from .base import HookBase, period_end  # noqa: F401
 from .checkpoint import CheckpointHook
@@ -8,5 +9,6 @@ from .evaluation import BestCheckpointHook, EvalHook, best_name, resolve_save_be
 from .logging import LoggerHook
 from .lr import LRScheduleHook
 
-for _hook in (CheckpointHook, EMAHook, LoggerHook, LRScheduleHook):
+BUILTIN_HOOKS = (LRScheduleHook, EMAHook, LoggerHook, EvalHook, CheckpointHook, BestCheckpointHook)
+for _hook in BUILTIN_HOOKS:
     HOOKS.register(obj=_hook)
