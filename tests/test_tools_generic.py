@@ -153,7 +153,9 @@ def test_test_tool_runs_a_family_it_does_not_know(toy, capsys):
                               "--no-ema", "--show", "5", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     out = work / "test"                                   # --work-dir W: outputs in W/test
-    m = json.loads((out / "metrics.json").read_text())["metrics"]
+    record = json.loads((out / "metrics.json").read_text())
+    m = record["metrics"]
+    assert record["weights"] == "raw"                    # --no-ema: the raw weights were tested
     assert m["grade_accuracy"] == 1.0 and m["num_graded"] == 5
     assert m["toy_timed"] == 5 and m["toy_att_ratio"] == pytest.approx(m["att_defective_ms"] / m["att_normal_ms"])
     assert "toy: ATT_D / ATT_N" in printed

@@ -89,7 +89,8 @@ def main(argv=None):
     timing_line = evaluator.add_timing(metrics, out.times)
     if timing_line:
         print(timing_line)
-    record = {"config": str(args.config), "checkpoint": str(args.checkpoint), "split": args.split,
+    record = {"config": str(args.config), "checkpoint": str(args.checkpoint), "weights": meta.get("weights"),
+              "split": args.split,
               "device": str(device), "torch": torch.__version__, "batch_size": args.batch_size,
               "params": sum(p.numel() for p in model.parameters()), "metrics": metrics,
               "skipped": [{"path": s["path"], "error": s["error"]} for s in out.skipped]}
