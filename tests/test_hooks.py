@@ -113,6 +113,11 @@ def test_metric_direction_comes_from_the_evaluator(tmp_path):
     assert metric_greater_is_better(Ev(), "att_ms") is False
     assert metric_greater_is_better(Ev(), "mAP") is True
     assert metric_greater_is_better(Ev(), "error_rate") is True   # no guessing from the name
+    from defectkit.evaluation.detection import DetectionEvaluator
+
+    det = DetectionEvaluator(classes=["a"])
+    assert [metric_greater_is_better(det, m) for m in ("mAP", "att_ms", "att_ideal_ms", "ideal_time")] == \
+        [True, False, False, False]
     # the trainer: scripted accuracy under "accuracy" declared lower-is-better keeps the lowest
     from helpers_toy import _ToyEvaluator
 

@@ -21,7 +21,8 @@ import numpy as np
 class BaseEvaluator:
     main_metric: str = ""
     greater_is_better: bool = True            # direction of main_metric (and of metrics not in the table)
-    metric_directions: dict[str, bool] = {}   # {metric: greater_is_better} for the other reported metrics
+    # {metric: greater_is_better} for the other reported metrics (the ATT timings: lower is better)
+    metric_directions: dict[str, bool] = {"att_ms": False, "att_normal_ms": False, "att_defective_ms": False}
 
     def __init__(self) -> None:
         self.records: list[dict] = []

@@ -123,6 +123,7 @@ class DetectionEvaluator(BaseEvaluator):
 
     main_metric = "mAP"
     greater_is_better = True
+    metric_directions = {**BaseEvaluator.metric_directions, "ideal_time": False, "att_ideal_ms": False}
 
     def __init__(self, classes: list[str] | None = None, score_thr: float = 0.05,
                  iou_type: str = "bbox", dataset: Any = None, classwise: bool = True):
