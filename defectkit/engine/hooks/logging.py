@@ -15,6 +15,8 @@ from .base import HookBase
 
 
 class LoggerHook(HookBase):
+    bar: ProgressBar | None = None
+
     def before_train(self) -> None:
         t = self.trainer
         self.bar = ProgressBar(t.max_iters, initial=t.iter, enabled=t.train_cfg.progress and t.is_main)
@@ -30,7 +32,8 @@ class LoggerHook(HookBase):
             self.write()
 
     def after_train(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
     def write(self) -> None:
         window, self.window = self.window, []
