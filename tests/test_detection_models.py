@@ -11,6 +11,7 @@ import defectkit  # noqa: F401  (registers everything)
 from defectkit.config import load_config
 from defectkit.engine.builders import build_model
 from defectkit.models.detection import CascadeRCNN, FasterRCNN, GateConfig, TwoModelDetector, gate_weight
+from defectkit.models.base import Progress
 from defectkit.structures import DetectionResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,12 +85,12 @@ def test_schedules_match_note_per_epoch():
         GateConfig.parse({"schedul": "linear"})
 
 
-def test_schedule_iteration_mode_and_set_progress():
+def test_schedule_iteration_mode_and_train_step_begin():
     m = CascadeRCNN(**TINY, gate={"schedule": "inverse", "by": "iter", "period": 100})
-    m.set_progress(epoch=3, iteration=300)
+    m.train_step_begin(Progress(epoch=3, iter=300, max_epochs=12, max_iters=1200))
     assert m.gate_loss_weight() == pytest.approx(1 / (300 / 100 + 1))
     m2 = CascadeRCNN(**TINY, gate={"schedule": "exponential"})
-    m2.set_progress(epoch=3, iteration=300)
+    m2.train_step_begin(Progress(epoch=3, iter=300, max_epochs=12, max_iters=1200))
     assert m2.gate_loss_weight() == pytest.approx(2.0 ** -3)
 
 
@@ -99,7 +100,7 @@ def test_gate_loss_is_scaled_by_schedule():
     b = make_batch(normal=(3,))
     torch.manual_seed(1)
     l0 = m(b)["loss_gate"].item()
-    m.set_progress(2, 10)
+    m.train_step_begin(Progress(epoch=2, iter=10, max_epochs=12, max_iters=120))
     torch.manual_seed(1)
     l2 = m(b)["loss_gate"].item()
     assert l2 == pytest.approx(l0 / 4, rel=1e-4)
@@ -209,8 +210,9 @@ def test_predict_rescales_boxes_to_original_size():
 def test_two_model_gates_with_classifier():
     torch.manual_seed(0)
     det = dict(type="FasterRCNN", **TINY)
-    m = TwoModelDetector(classifier=dict(type="ImageClassifier", backbone="small_cnn", num_classes=2),
-                         detector=det, classifier_size=(32, 32)).eval()
+    m = build_model(dict(type="TwoModelDetector",    # the builder builds the parts
+                         classifier=dict(type="ImageClassifier", backbone="small_cnn", num_classes=2),
+                         detector=det, classifier_size=(32, 32))).eval()
     p = torch.tensor([0.8, 0.2, 0.6])
     m.classifier.logits = lambda x: torch.stack([torch.log1p(-p[:x.shape[0]]), torch.log(p[:x.shape[0]])], 1)
     counts = count_calls(m.detector)
@@ -229,7 +231,9 @@ def test_two_model_loads_checkpoints(tmp_path):
     c, d = build_model(cls_cfg), build_model(det_cfg)
     torch.save({"state_dict": c.state_dict()}, tmp_path / "c.pth")
     torch.save({"state_dict": d.state_dict()}, tmp_path / "d.pth")
-    m = TwoModelDetector(cls_cfg, det_cfg, str(tmp_path / "c.pth"), str(tmp_path / "d.pth"))
+    two = dict(type="TwoModelDetector", classifier_checkpoint=str(tmp_path / "c.pth"),
+               detector_checkpoint=str(tmp_path / "d.pth"))
+    m = build_model(dict(two, classifier=cls_cfg, detector=det_cfg))
     torch.testing.assert_close(m.detector.stages[2].cls_score.weight, d.stages[2].cls_score.weight)
     torch.testing.assert_close(m.classifier.fc.weight, c.fc.weight)
     # the parts may also be given as the paths of their own config files
@@ -237,12 +241,11 @@ def test_two_model_loads_checkpoints(tmp_path):
 
     for name, part in (("cls", cls_cfg), ("det", det_cfg)):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"model": part}))
-    m2 = TwoModelDetector(str(tmp_path / "cls.yaml"), str(tmp_path / "det.yaml"),
-                          str(tmp_path / "c.pth"), str(tmp_path / "d.pth"))
+    m2 = build_model(dict(two, classifier=str(tmp_path / "cls.yaml"), detector=str(tmp_path / "det.yaml")))
     torch.testing.assert_close(m2.detector.stages[2].cls_score.weight, d.stages[2].cls_score.weight)
     (tmp_path / "empty.yaml").write_text("seed: 1\n")
     with pytest.raises(ValueError, match="model.detector: config file .*empty.yaml has no `model`"):
-        TwoModelDetector(cls_cfg, str(tmp_path / "empty.yaml"))
+        build_model(dict(type="TwoModelDetector", classifier=cls_cfg, detector=str(tmp_path / "empty.yaml")))
 
 
 def test_missing_pretrained_file_names_the_key(tmp_path):

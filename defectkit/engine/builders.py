@@ -13,6 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.collate import EvalSamples, collate, is_empty_batch, to_device
+from ..config import load_config
+from ..models.base import BaseModel
 from ..registry import DATASETS, EVALUATORS, MODELS, Registry
 from .distributed import get_rank, get_world_size
 from .logger import get_logger
@@ -44,15 +46,52 @@ def build_model(model_cfg: dict, classes: list[str] | None = None) -> torch.nn.M
     """Build ``model_cfg`` telling it the dataset's classes when the config does not:
     a constructor that takes ``classes`` gets the names (and derives its own output
     count from them and its other options); otherwise ``num_classes=len(classes)`` is
-    passed when the constructor takes it."""
+    passed when the constructor takes it.
+
+    A composite model (``BaseModel.model_parts``, e.g. ``TwoModelDetector``) gets its parts
+    BUILT here first: each part's config is a model dict or the path of a config file whose
+    ``model`` section is used (``ValueError`` naming ``model.<part>`` when it has none); a
+    part marked to take the classes gets ``classes`` (or the composite's ``num_classes``)
+    unless its own config sets them."""
     check_pretrained(model_cfg)
+    model_cls = MODELS.get(model_cfg["type"])
     defaults: dict[str, Any] = {}
     if classes is not None:
-        if accepts(MODELS.get(model_cfg["type"]), "classes"):
+        if accepts(model_cls, "classes"):
             defaults = {"classes": list(classes)}
         else:
             defaults = {"num_classes": len(classes)}
-    return build_with_defaults(MODELS, model_cfg, **defaults)
+    return build_with_defaults(MODELS, _build_parts(model_cls, model_cfg, classes), **defaults)
+
+
+def _build_parts(model_cls: Any, model_cfg: dict, classes: list[str] | None) -> dict:
+    """``model_cfg`` with every declared model part replaced by the built module."""
+    parts = model_cls.model_parts if inspect.isclass(model_cls) and issubclass(model_cls, BaseModel) else {}
+    cfg = dict(model_cfg)
+    for key, takes_classes in parts.items():
+        if key not in cfg or isinstance(cfg[key], torch.nn.Module):
+            continue
+        part = dict(part_config(cfg[key], f"model.{key}"))
+        part_classes = None
+        if takes_classes and "classes" not in part and "num_classes" not in part:
+            part_classes = cfg.get("classes", classes)
+            if part_classes is None and cfg.get("num_classes") is not None:
+                part["num_classes"] = cfg["num_classes"]
+        cfg[key] = build_model(part, part_classes)
+    return cfg
+
+
+def part_config(spec: dict | str, key: str) -> dict:
+    """A part's model dict as given, or the ``model`` section of the config file ``spec``
+    (``key`` such as ``model.detector`` names it in errors)."""
+    if isinstance(spec, dict):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"{key}: expected a model dict or a config file path, got {type(spec).__name__}")
+    cfg = load_config(spec)
+    if not isinstance(cfg.get("model"), dict):
+        raise ValueError(f"{key}: config file {spec} has no `model` section")
+    return cfg["model"]
 
 
 def check_pretrained(model_cfg: dict) -> None:

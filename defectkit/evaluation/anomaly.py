@@ -25,19 +25,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..metrics_core import check_scores as _check, f1_max, pr_counts as _pr_counts  # noqa: F401
 from ..registry import EVALUATORS
 from .base import BaseEvaluator, batch_meta, format_table, metric_notes, missing_class_note
 
 
 # ---------------------------------------------------------------------------- metrics
-def _check(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel().astype(bool)
-    if s.shape != y.shape:
-        raise ValueError(f"scores ({s.size}) and labels ({y.size}) differ in length")
-    return s, y
-
-
 def auroc(scores, labels) -> float:
     """ROC AUC (ties count 1/2); NaN when one class is missing."""
     s, y = _check(scores, labels)
@@ -55,30 +48,6 @@ def auroc(scores, labels) -> float:
     ranks[order] = np.repeat(avg, ends - starts)
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
-
-
-def _pr_counts(s: np.ndarray, y: np.ndarray):
-    """Thresholds (distinct scores, descending) with TP and FP counts of ``score >= t``."""
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(~y)
-    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]   # last index of each equal-score group
-    return s[last], tp[last], fp[last]
-
-
-def f1_max(scores, labels) -> tuple[float, float]:
-    """(max F1, its threshold) over ``score >= t``; (NaN, NaN) without positives."""
-    s, y = _check(scores, labels)
-    n_pos = int(y.sum())
-    if n_pos == 0 or s.size == 0:
-        return math.nan, math.nan
-    thr, tp, fp = _pr_counts(s, y)
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    i = int(np.argmax(f1))
-    return float(f1[i]), float(thr[i])
 
 
 def f1_score(pred, labels) -> float:

@@ -17,11 +17,15 @@ Contract (DESIGN §5):
 - ``train_step_begin(progress)`` / ``train_step_end(progress)`` run before the forward and
   after the optimizer step of every training iteration (e.g. DefectNet's gate-loss weight
   follows ``progress.epoch`` or ``progress.iter``). No-ops by default.
+- ``model_parts``: constructor arguments that are models themselves (a composite such as
+  ``TwoModelDetector``). The builder (``engine.builders.build_model``) builds each from its
+  config (a model dict, or the path of a config file whose ``model`` section is used) and
+  passes the BUILT module, so a model never reads a config or imports the engine.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Mapping
 
 from torch import nn
 
@@ -47,6 +51,8 @@ class BaseModel(nn.Module):
     """Base class of every defectkit model: declares how it learns, with no-op hooks."""
 
     learning: ClassVar[Learning] = "gradient"
+    # argument name -> whether the builder tells that part the dataset's classes
+    model_parts: ClassVar[Mapping[str, bool]] = {}
 
     def train_step_begin(self, progress: Progress) -> None:
         """Called by the engine before the forward pass of every training step."""

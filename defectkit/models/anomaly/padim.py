@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...metrics_core import f1_max
 from ...registry import MODELS
 from ...structures import AnomalyResult
 from ..base import BaseModel
@@ -201,8 +202,6 @@ class StreamingGaussian:
 
 def f1_adaptive_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """The score threshold t maximising F1 of ``score >= t`` (ties broken by the lower t)."""
-    from ...evaluation.anomaly import f1_max
-
     return f1_max(scores.double().numpy(), labels.numpy())[1]
 
 

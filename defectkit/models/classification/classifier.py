@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from ...registry import MODELS
 from ...structures import ClassificationResult, class_names_for
 from ..backbones import build_backbone
+from ..base import BaseModel
 from ..class_weights import register_class_weights
 
 
 @MODELS.register()
-class ImageClassifier(nn.Module):
+class ImageClassifier(BaseModel):
     """Args:
         backbone: a name for ``build_backbone`` (resnet18/34/50/101, wide_resnet50_2, small_cnn).
         pretrained: ``torchvision://resnet50``, a local .pth, or null (random init).

@@ -219,13 +219,10 @@ class TwoStageDetector(BaseModel):
         self.reset_gate_stats()
 
     # ------------------------------------------------------------------ progress / stats
-    def set_progress(self, epoch: int, iteration: int) -> None:
-        """Called by the trainer before every training step (0-based epoch, iterations done)."""
-        self.epoch, self.iteration = int(epoch), int(iteration)
-
     def train_step_begin(self, progress: Progress) -> None:
-        """The engine's call before every training step: the gate-loss schedule's position."""
-        self.set_progress(progress.epoch, progress.iter)
+        """The engine's call before every training step: the gate-loss schedule's position
+        (``progress.epoch``, 0-based, and ``progress.iter``, optimizer steps done)."""
+        self.epoch, self.iteration = int(progress.epoch), int(progress.iter)
 
     def gate_loss_weight(self) -> float:
         if self.gate_cfg is None:

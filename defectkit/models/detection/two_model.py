@@ -20,9 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...engine.checkpoint import extract_state_dict, load_checkpoint, load_state_dict
 from ...registry import MODELS
 from ...structures import DetectionResult
+from ..base import BaseModel
+from ..weights import load_weights
 from .rcnn_parts import empty_result
 
 
@@ -39,54 +40,48 @@ def _subset(batch: dict, idx: list[int]) -> dict:
     return out
 
 
-def _model_cfg(spec: dict | str, key: str) -> dict:
-    """A model dict as given, or the ``model`` section of the config file ``spec``."""
-    if isinstance(spec, dict):
-        return spec
-    from ...config import load_config
-
-    cfg = load_config(spec)
-    if not isinstance(cfg.get("model"), dict):
-        raise ValueError(f"model.{key}: config file {spec} has no `model` section")
-    return cfg["model"]
-
-
 @MODELS.register()
-class TwoModelDetector(nn.Module):
+class TwoModelDetector(BaseModel):
     """Args:
-        classifier: model config of the classifier (an ``ImageClassifier`` dict, 2 classes),
-            or the path of the classifier's config file (its ``model`` section is used).
-        detector: model config of the detector (e.g. a ``CascadeRCNN`` dict without gate),
-            or the path of the detector's config file.
-        classifier_checkpoint / detector_checkpoint: their trained weights (null: keep the
-            freshly built weights; only useful in tests).
+        classifier: the built classifier (an ``ImageClassifier`` with 2 classes). In a
+            config: its model dict, or the path of the classifier's config file (its
+            ``model`` section is used); ``engine.builders.build_model`` builds it first
+            (``model_parts``), so this class never reads a config.
+        detector: the built detector (e.g. a ``CascadeRCNN`` without gate); in a config a
+            model dict or a config path, as ``classifier``. The builder tells it the
+            dataset's classes (or ``num_classes``) unless its own config sets them.
+        classifier_checkpoint / detector_checkpoint: paths of their trained weights, loaded
+            strictly here (``models.weights.load_weights``; ``CheckpointError`` naming the
+            file); null keeps the parts' current weights (only useful in tests).
         threshold: the image goes to the detector when P(defective) > threshold.
         classifier_size: (w, h) to resize the classifier's input to, or null (as is).
-        classes / num_classes: the dataset's classes, passed on to the detector.
+        classes / num_classes: the dataset's classes; the detector must have that many
+            (ValueError naming ``model.detector`` otherwise).
     """
 
     loads_own_weights = True    # tools/test.py needs no checkpoint for it
+    model_parts = {"classifier": False, "detector": True}
 
-    def __init__(self, classifier: dict | str, detector: dict | str, classifier_checkpoint: str | None = None,
-                 detector_checkpoint: str | None = None, threshold: float = 0.5,
-                 classifier_size: tuple[int, int] | None = None, classes: list[str] | None = None,
-                 num_classes: int | None = None):
+    def __init__(self, classifier: nn.Module | dict | str, detector: nn.Module | dict | str,
+                 classifier_checkpoint: str | None = None, detector_checkpoint: str | None = None,
+                 threshold: float = 0.5, classifier_size: tuple[int, int] | None = None,
+                 classes: list[str] | None = None, num_classes: int | None = None):
         super().__init__()
-        from ...engine.builders import build_model
-
-        classifier, detector = _model_cfg(classifier, "classifier"), _model_cfg(detector, "detector")
-        det_cfg = dict(detector)
-        if num_classes is not None and "num_classes" not in det_cfg and classes is None:
-            det_cfg["num_classes"] = num_classes
-        self.classifier = build_model(dict(classifier))
-        self.detector = build_model(det_cfg, classes if "classes" not in det_cfg and
-                                    "num_classes" not in det_cfg else None)
+        for key, part in (("classifier", classifier), ("detector", detector)):
+            if not isinstance(part, nn.Module):
+                raise TypeError(f"model.{key}: TwoModelDetector takes a built model; build the config "
+                                f"with defectkit.engine.build_model, which builds its parts")
+        expected = len(classes) if classes is not None else num_classes
+        got = getattr(detector, "num_classes", None)
+        if expected is not None and got is not None and int(got) != int(expected):
+            raise ValueError(f"model.detector: has {got} classes but the dataset has {expected}")
+        self.classifier = classifier
+        self.detector = detector
         self.threshold = float(threshold)
         self.classifier_size = tuple(int(v) for v in classifier_size) if classifier_size else None
         for module, path in ((self.classifier, classifier_checkpoint), (self.detector, detector_checkpoint)):
             if path:
-                load_state_dict(module, extract_state_dict(load_checkpoint(path), str(path)), strict=True,
-                                source=str(path))
+                load_weights(module, path, strict=True)
         self.reset_gate_stats()
 
     def reset_gate_stats(self) -> None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ...config import options_from
 from ...structures import SegmentationResult
+from ..base import BaseModel
 from ..class_weights import register_class_weights
 from .losses import LOSS_TYPES, segmentation_losses
 
@@ -74,7 +75,7 @@ def resolve_num_classes(name: str, num_classes: int | None, classes: list[str] |
     return num_classes
 
 
-class SegmentorBase(nn.Module):
+class SegmentorBase(BaseModel):
     size_divisor: int = 16
 
     def _init_common(self, name: str, num_classes: int, loss: str, class_weights, ignore_index: int,
