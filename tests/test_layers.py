@@ -79,3 +79,26 @@ def imported_modules_under(root: Path, path: Path):
                                         and hasattr(MODELS.get(k), "predict")))
 def test_every_model_declares_the_interface(name):
     assert issubclass(MODELS.get(name), BaseModel)
+
+
+# ------------------------------------------------- composite models get built parts
+TINY_DET = dict(type="FasterRCNN", backbone="small_cnn", frozen_stages=-1, norm_eval=False, fpn_channels=16,
+                fc_dim=16, rois_per_img=16, anchor_sizes=(8, 16, 32, 64, 128), rpn_train_topn=50,
+                rpn_test_topn=50)
+TINY_CLS = dict(type="ImageClassifier", backbone="small_cnn", num_classes=2)
+
+
+def test_composite_parts_are_built_by_the_builder_with_the_dataset_classes():
+    from torch import nn
+
+    from defectkit.engine.builders import build_model
+    from defectkit.models.detection import FasterRCNN, TwoModelDetector
+
+    m = build_model(dict(type="TwoModelDetector", classifier=TINY_CLS, detector=TINY_DET), ["a", "b", "c"])
+    assert isinstance(m.detector, FasterRCNN) and m.detector.classes == ["a", "b", "c"]
+    assert m.classifier.fc.out_features == 2                      # the classifier is not told the classes
+    with pytest.raises(TypeError, match="model.classifier: TwoModelDetector takes a built model"):
+        TwoModelDetector(classifier=TINY_CLS, detector=nn.Identity())
+    with pytest.raises(ValueError, match="model.detector: has 3 classes but the dataset has 2"):
+        build_model(dict(type="TwoModelDetector", classifier=TINY_CLS, detector={**TINY_DET, "num_classes": 3}),
+                    ["a", "b"])

@@ -9,8 +9,9 @@ mean of the three stages' softmax scores (each stage scoring the boxes refined b
 stage before), boxes come from the last stage; score_thr 0.05, NMS 0.5 per class, 100
 per image.
 
-Backbone/FPN/RPN, the DefectNet gate (``gate:``) and training on defective images only
-live in ``rcnn_parts.TwoStageDetector``. Losses: ``loss_rpn_cls``, ``loss_rpn_bbox``,
+The config keys are mapped to parts here (``rcnn_parts.build_backbone_fpn_rpn``, the
+``RoIStage`` list); backbone/FPN/RPN, the DefectNet gate (``gate:``) and training on
+defective images only run in ``two_stage.TwoStageDetector``. Losses: ``loss_rpn_cls``, ``loss_rpn_bbox``,
 ``loss_cls_s{0,1,2}``, ``loss_bbox_s{0,1,2}`` (stage weight applied), ``acc_s{i}``
 (logged), plus ``loss_gate`` / ``acc_gate`` with a gate.
 """
@@ -22,7 +23,8 @@ from torchvision.ops import clip_boxes_to_image
 
 from ...registry import MODELS
 from .defectnet import GateConfig
-from .rcnn_parts import RoIStage, TwoStageDetector, postprocess, roi_stage_losses
+from .rcnn_parts import RoIStage, build_backbone_fpn_rpn, detector_classes, postprocess, roi_stage_losses
+from .two_stage import TwoStageDetector
 
 DEFAULT_STAGE_IOUS = (0.5, 0.6, 0.7)
 DEFAULT_STAGE_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
@@ -59,12 +61,11 @@ class CascadeRCNN(TwoStageDetector):
                  stage_loss_weights: tuple[float, ...] = DEFAULT_STAGE_LOSS_WEIGHTS,
                  score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
                  gate: GateConfig | dict | None = None, normal_negatives: bool = False):
-        super().__init__(backbone=backbone, pretrained=pretrained, frozen_stages=frozen_stages,
-                         norm_eval=norm_eval, classes=classes, num_classes=num_classes,
-                         fpn_channels=fpn_channels, rpn_train_topn=rpn_train_topn,
-                         rpn_test_topn=rpn_test_topn, rpn_nms_iou=rpn_nms_iou, anchor_sizes=anchor_sizes,
-                         score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img, gate=gate,
-                         normal_negatives=normal_negatives)
+        classes = detector_classes(type(self).__name__, classes, num_classes)
+        parts = build_backbone_fpn_rpn(backbone, pretrained, frozen_stages, norm_eval, fpn_channels,
+                                       rpn_train_topn, rpn_test_topn, rpn_nms_iou, anchor_sizes)
+        super().__init__(*parts, classes=classes, score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img,
+                         gate=gate, normal_negatives=normal_negatives)
         if len(stage_ious) != len(stage_loss_weights):
             raise ValueError(f"CascadeRCNN: {len(stage_ious)} stage_ious but "
                              f"{len(stage_loss_weights)} stage_loss_weights")

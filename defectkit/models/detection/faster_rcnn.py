@@ -3,15 +3,18 @@
 One RoI stage (``rcnn_parts.RoIStage``): IoU 0.5, box-coder weights (10,10,5,5),
 class-specific regression, TwoMLPHead 1024, 512 RoIs per image with 25% positives, gt
 boxes added to the proposals; test score_thr 0.05, NMS 0.5 per class, 100 per image.
-Backbone/FPN/RPN, the DefectNet gate (``gate:``) and training on defective images only
-live in ``rcnn_parts.TwoStageDetector``. Losses: ``loss_rpn_cls``, ``loss_rpn_bbox``,
-``loss_cls``, ``loss_bbox``, ``acc`` (logged), plus ``loss_gate`` / ``acc_gate``.
+The config keys are mapped to parts here (``rcnn_parts.build_backbone_fpn_rpn``, one
+``RoIStage``); backbone/FPN/RPN, the DefectNet gate (``gate:``) and training on defective
+images only run in ``two_stage.TwoStageDetector``. Losses: ``loss_rpn_cls``,
+``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``, ``acc`` (logged), plus ``loss_gate`` /
+``acc_gate``.
 """
 from __future__ import annotations
 
 from ...registry import MODELS
 from .defectnet import GateConfig
-from .rcnn_parts import RoIStage, TwoStageDetector, postprocess, roi_stage_losses
+from .rcnn_parts import RoIStage, build_backbone_fpn_rpn, detector_classes, postprocess, roi_stage_losses
+from .two_stage import TwoStageDetector
 
 
 @MODELS.register()
@@ -25,12 +28,11 @@ class FasterRCNN(TwoStageDetector):
                  fc_dim: int = 1024, rois_per_img: int = 512, roi_pos_fraction: float = 0.25, roi_iou: float = 0.5,
                  score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
                  gate: GateConfig | dict | None = None, normal_negatives: bool = False):
-        super().__init__(backbone=backbone, pretrained=pretrained, frozen_stages=frozen_stages,
-                         norm_eval=norm_eval, classes=classes, num_classes=num_classes,
-                         fpn_channels=fpn_channels, rpn_train_topn=rpn_train_topn,
-                         rpn_test_topn=rpn_test_topn, rpn_nms_iou=rpn_nms_iou, anchor_sizes=anchor_sizes,
-                         score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img, gate=gate,
-                         normal_negatives=normal_negatives)
+        classes = detector_classes(type(self).__name__, classes, num_classes)
+        parts = build_backbone_fpn_rpn(backbone, pretrained, frozen_stages, norm_eval, fpn_channels,
+                                       rpn_train_topn, rpn_test_topn, rpn_nms_iou, anchor_sizes)
+        super().__init__(*parts, classes=classes, score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img,
+                         gate=gate, normal_negatives=normal_negatives)
         self.roi_head = RoIStage(fpn_channels, self.num_classes, iou=float(roi_iou),
                                  weights=(10.0, 10.0, 5.0, 5.0), class_agnostic=False, fc_dim=fc_dim,
                                  batch_size_per_image=rois_per_img, positive_fraction=roi_pos_fraction)

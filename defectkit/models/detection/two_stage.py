@@ -1,0 +1,187 @@
+"""The two-stage detector every R-CNN here is: parts in, losses and gated predictions out.
+
+``TwoStageDetector(backbone, fpn, rpn, classes, ...)`` takes the built parts (torchvision's
+``GeneralizedRCNN`` style) and owns what every two-stage model here has: the optional
+DefectNet gate on C5 (``defectnet.py``), the train step that drops normal images from the
+detection branch (or, with ``normal_negatives: true``, keeps them as RPN / RoI negatives),
+batched gated inference and the rescaling of boxes to original pixels. The detectors
+(``faster_rcnn.py``, ``cascade_rcnn.py``) build the parts from their config keys and add the
+RoI heads (``rcnn_parts.RoIStage``).
+
+Conventions: dataset labels are 0-based over the defect classes; inside the heads
+0 is background and class ``c`` is ``c + 1`` (torchvision's layout). Images arrive
+normalised and padded by ``collate`` with ``image_sizes``; there is no
+GeneralizedRCNNTransform.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+
+from ...structures import DetectionResult
+from ..backbones import Backbone
+from ..base import BaseModel, Progress
+from .defectnet import GateConfig, GateHead, gate_weight
+from .rcnn_parts import FEATURE_NAMES, empty_result, rescale_boxes
+
+
+class TwoStageDetector(BaseModel):
+    """Backbone + FPN + RPN (+ DefectNet gate) + RoI heads; a subclass builds its RoI heads
+    after ``super().__init__`` and implements ``roi_losses`` / ``roi_predict`` /
+    ``loss_keys`` (``acc_keys``).
+
+    Args:
+        backbone / fpn / rpn: the built parts (``rcnn_parts.build_backbone_fpn_rpn``);
+            ``backbone(images)`` returns C2..C5 (``layer1``..``layer4``).
+        classes: the defect class names (``rcnn_parts.detector_classes``).
+        score_thr, nms_iou, max_per_img: test-time filtering of ``roi_predict``.
+        gate: DefectNet gate options (``GateConfig`` or its dict; parsed here, once), or
+            None for the plain detector.
+        normal_negatives: see ``CascadeRCNN``.
+    """
+
+    def __init__(self, backbone: Backbone, fpn: FeaturePyramidNetwork, rpn: RegionProposalNetwork,
+                 classes: list[str], score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
+                 gate: GateConfig | dict | None = None, normal_negatives: bool = False):
+        super().__init__()
+        self.num_classes = len(classes)
+        self.classes = list(classes)
+        self.score_thr, self.nms_iou, self.max_per_img = float(score_thr), float(nms_iou), int(max_per_img)
+        self.gate_cfg = GateConfig.parse(gate)          # the one place the gate options are parsed
+        # normal images (no defect box) also train the RPN and RoI heads, as negatives only
+        # (mmdet filter_empty_gt=False, torchvision empty targets); ``gate.normal_negatives``
+        # is the older spelling of the same switch
+        self.normal_negatives = bool(normal_negatives) or bool(self.gate_cfg is not None
+                                                               and self.gate_cfg.normal_negatives)
+        self.backbone, self.fpn, self.rpn = backbone, fpn, rpn
+        self.roi_pool = MultiScaleRoIAlign(list(FEATURE_NAMES), 7, 2)
+        self.gate = GateHead(self.backbone.out_channels[-1], self.gate_cfg.pool) if self.gate_cfg is not None else None
+        self.epoch, self.iteration = 0, 0
+        self.reset_gate_stats()
+
+    # ------------------------------------------------------------------ progress / stats
+    def train_step_begin(self, progress: Progress) -> None:
+        """The engine's call before every training step: the gate-loss schedule's position
+        (``progress.epoch``, 0-based, and ``progress.iter``, optimizer steps done)."""
+        self.epoch, self.iteration = int(progress.epoch), int(progress.iter)
+
+    def gate_loss_weight(self) -> float:
+        if self.gate_cfg is None:
+            return 0.0
+        return gate_weight(self.gate_cfg, self.iteration if self.gate_cfg.by == "iter" else self.epoch)
+
+    def reset_gate_stats(self) -> None:
+        self._seen, self._passed = 0, 0
+
+    def gate_stats(self) -> dict:
+        """Images seen by ``predict`` and images that went through the detection heads."""
+        return {"images": self._seen, "passed": self._passed,
+                "pass_rate": self._passed / self._seen if self._seen else float("nan")}
+
+    # ------------------------------------------------------------------ building blocks
+    def _pyramid(self, feats: "OrderedDict[str, torch.Tensor]", idx: torch.Tensor | None = None) -> "OrderedDict[str, torch.Tensor]":
+        """FPN on backbone features (optionally only the images ``idx``)."""
+        c = OrderedDict((name, f if idx is None else f[idx]) for name, f in zip(FEATURE_NAMES, feats.values()))
+        return self.fpn(c)
+
+    def roi_losses(self, features, proposals, image_sizes, gt_boxes, gt_labels) -> dict:
+        raise NotImplementedError
+
+    def roi_predict(self, features, proposals, image_sizes) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def _zero_losses(self, ref: torch.Tensor) -> dict:
+        """All detection-loss keys, zero but attached to every detection parameter (DDP/backward)."""
+        params = [p for n, p in self.named_parameters()
+                  if p.requires_grad and not n.startswith(("backbone.", "gate."))]
+        zero = sum((p.sum() * 0.0 for p in params), ref.new_zeros(()))
+        out = {k: zero for k in self.loss_keys()}
+        out.update({k: ref.new_tensor(100.0).detach() for k in self.acc_keys()})   # as mmdet: acc 1
+        return out
+
+    def loss_keys(self) -> list[str]:
+        """Every detection-loss key (the same in every step, as DDP logging needs)."""
+        raise NotImplementedError
+
+    def acc_keys(self) -> list[str]:
+        return []
+
+    # -------------------------------------------------------------------- the contract
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        images: torch.Tensor = batch["image"]
+        sizes = [tuple(int(v) for v in s) for s in batch.get("image_sizes", [images.shape[-2:]] * images.shape[0])]
+        gt_boxes = [torch.as_tensor(b, dtype=torch.float32, device=images.device).reshape(-1, 4) for b in batch["boxes"]]
+        gt_labels = [torch.as_tensor(l, dtype=torch.long, device=images.device).reshape(-1) for l in batch["labels"]]
+        has_boxes = torch.tensor([b.shape[0] > 0 for b in gt_boxes], device=images.device)
+        det_idx = (torch.arange(len(gt_boxes), device=images.device) if self.normal_negatives
+                   else torch.where(has_boxes)[0])
+        losses: dict[str, torch.Tensor] = {}
+
+        if self.gate is not None:
+            feats = self.backbone(images)           # every image trains the gate
+            y = batch.get("is_defective")
+            y = has_boxes.long() if y is None else torch.as_tensor(y, device=images.device).long()
+            c5 = feats["layer4"].detach() if self.gate_cfg.detach else feats["layer4"]
+            logits = self.gate(c5)
+            losses["loss_gate"] = F.cross_entropy(logits.float(), y) * self.gate_loss_weight()
+            losses["acc_gate"] = (logits.detach().argmax(1) == y).float().mean() * 100
+            if det_idx.numel() == 0:
+                losses.update(self._zero_losses(losses["loss_gate"]))
+                return losses
+            pyramid = self._pyramid(feats, det_idx if det_idx.numel() < images.shape[0] else None)
+        else:               # one-model: normal images are dropped up front unless normal_negatives
+            if det_idx.numel() == 0:
+                ref = sum((p.sum() * 0.0 for p in self.backbone.parameters() if p.requires_grad), images.new_zeros(()))
+                return {k: (v + ref if k.startswith("loss") else v) for k, v in self._zero_losses(images).items()}
+            sub = images if det_idx.numel() == images.shape[0] else images[det_idx]
+            pyramid = self._pyramid(self.backbone(sub))
+
+        keep = det_idx.tolist()
+        sub_sizes = [sizes[i] for i in keep]
+        boxes = [gt_boxes[i] for i in keep]
+        labels = [gt_labels[i] for i in keep]
+        image_list = ImageList(images[det_idx] if len(keep) < images.shape[0] else images, sub_sizes)
+        proposals, rpn_losses = self.rpn(image_list, pyramid, [{"boxes": b} for b in boxes])
+        losses["loss_rpn_cls"] = rpn_losses["loss_objectness"]
+        losses["loss_rpn_bbox"] = rpn_losses["loss_rpn_box_reg"]
+        losses.update(self.roi_losses(pyramid, proposals, sub_sizes, boxes, labels))
+        return losses
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> list[DetectionResult]:
+        """One DetectionResult per image, boxes in original pixels. Gated images skip
+        FPN, RPN and the RoI heads and come back empty with ``gated=True``."""
+        images: torch.Tensor = batch["image"]
+        n = images.shape[0]
+        sizes = [tuple(int(v) for v in s) for s in batch.get("image_sizes", [images.shape[-2:]] * n)]
+        metas = batch.get("meta") or [None] * n
+        feats = self.backbone(images)
+        scores = [None] * n
+        passed = list(range(n))
+        if self.gate is not None:
+            p = self.gate(feats["layer4"]).float().softmax(1)[:, 1]
+            scores = p.cpu().tolist()
+            if self.gate_cfg.enabled:
+                passed = torch.where(p > self.gate_cfg.threshold)[0].tolist()
+        self._seen += n
+        self._passed += len(passed)
+        results = [empty_result(scores[i], gated=True) for i in range(n)]
+        if not passed:
+            return results
+        idx = None if len(passed) == n else torch.tensor(passed, device=images.device)
+        pyramid = self._pyramid(feats, idx)
+        sub_sizes = [sizes[i] for i in passed]
+        image_list = ImageList(images if idx is None else images[idx], sub_sizes)
+        proposals, _ = self.rpn(image_list, pyramid)
+        dets = self.roi_predict(pyramid, proposals, sub_sizes)
+        for i, (boxes, det_scores, labels) in zip(passed, dets):
+            results[i] = DetectionResult(boxes=rescale_boxes(boxes, metas[i]).float().cpu(),
+                                         scores=det_scores.float().cpu(), labels=labels.long().cpu(),
+                                         gate_score=scores[i], gated=False)
+        return results
