@@ -77,7 +77,10 @@ class GateConfig:
 
     @classmethod
     def parse(cls, gate: "GateConfig | dict | None") -> "GateConfig | None":
-        return options_from(cls, gate, "gate")
+        """``model.gate`` (a dict, a ``GateConfig`` or None) as a ``GateConfig``; called once,
+        by ``TwoStageDetector``. Unknown or ill-typed fields raise ``ValueError`` /
+        ``ConfigError`` naming ``model.gate``; bad values the message of ``__post_init__``."""
+        return options_from(cls, gate, "model.gate")
 
 
 def gate_weight(cfg: GateConfig, n: float) -> float:

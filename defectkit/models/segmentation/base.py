@@ -46,6 +46,8 @@ class AuxHeadConfig:
 
     @classmethod
     def parse(cls, value: "AuxHeadConfig | dict | None") -> "AuxHeadConfig | None":
+        """``model.aux_head`` (a dict, an ``AuxHeadConfig`` or None) as an ``AuxHeadConfig``;
+        called once, by ``SegmentorBase``. Errors name ``model.aux_head``."""
         return options_from(cls, value, "model.aux_head")
 
 
