@@ -261,3 +261,27 @@ def test_cli(tmp_path):
     assert bad.returncode == 2
     assert "unknown preset 'metal'" in bad.stderr and "ballscrew" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_demo_preset_draws_every_defect_at_strength_half_or_more(monkeypatch):
+    """The `demo` preset (make demo's detector set) floors the painters' strength at 0.5;
+    other presets keep drawing it from [0, 1)."""
+    import dataclasses
+
+    from defectkit.data.synth import generator
+
+    for name, floor in (("demo", 0.5), ("fabric", 0.0)):
+        seen: list[float] = []
+        base = PRESETS[name]
+
+        def spy(fn):
+            def paint(canvas, rng, s):
+                seen.append(s)
+                return fn(canvas, rng, s)
+            return paint
+
+        preset = dataclasses.replace(base, painters={k: spy(f) for k, f in base.painters.items()})
+        for i in range(12):
+            generator.render(preset, i, seed=0, width=96, height=96, normal=False)
+        assert seen and min(seen) >= floor
+        assert (min(seen) < 0.5) == (floor == 0.0)

@@ -158,7 +158,8 @@ def render(preset: Preset, index: int, seed: int, width: int, height: int, norma
         while len(placed) < k and attempts < 12 * k + 24:
             attempts += 1
             name = allowed[int(rng.choice(len(allowed), p=weights))]
-            strength = float(rng.random())
+            lo = float(preset.extra.get("min_strength", 0.0))   # the demo preset's floor
+            strength = lo + (1.0 - lo) * float(rng.random())
             reg = preset.painters[name](canvas, rng, strength)
             if reg is None:
                 continue

@@ -92,3 +92,14 @@ _add(Preset(
     weights={"scratch": 0.4, "spot": 0.35, "crack": 0.25},
     size=(256, 256), num_images=500, normal_ratio=0.5, max_defects=3, p_more=0.3,
     modelled_on="MVTec-AD-style texture category for anomaly detection"))
+
+_add(Preset(
+    name="demo",
+    description="the demo's clear-defect detection set: stone-like texture with dark holes and "
+                "colour stains at medium to high contrast (strength >= 0.5)",
+    background=T.texture,
+    painters={"hole": P.hole, "stain": P.stain},
+    weights={"hole": 0.5, "stain": 0.5},
+    size=(256, 256), num_images=400, normal_ratio=0.44, max_defects=2, p_more=0.3,
+    modelled_on="none: `make demo`'s detector rows, where a few CPU minutes must show learning",
+    extra={"min_strength": 0.5}))
