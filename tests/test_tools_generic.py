@@ -280,6 +280,27 @@ def test_tools_do_not_branch_on_result_or_model_types():
         src = (ROOT / "tools" / f"{name}.py").read_text()
         assert not re.search(r"isinstance\(.*Result", src), name
         assert not re.search(r"import .*Result\b|evaluation\.(detection|segmentation|anomaly|classification)", src), name
-        if name != "export":      # export.py still asks PaDiM for raw_maps (see docs/adding_a_model.md)
-            assert not re.search(r"(getattr|hasattr)\((model|res|result)\b", src), name
+        assert not re.search(r"(getattr|hasattr)\((model|res|result)\b", src), name
     assert not re.search(r"isinstance\(.*Result", (ROOT / "tools" / "_common.py").read_text())
+
+
+def test_export_asks_the_model_for_its_declared_graph():
+    """tools/export.py exports what ``export_spec()`` declares and refuses, in one line naming
+    the model, a model that declares none (the BaseModel default) or a plain nn.Module."""
+    from defectkit.models.base import BaseModel, ExportSpec
+
+    export = tool("export")
+
+    class Doubler(BaseModel):
+        def export_spec(self):
+            return ExportSpec(_Twice(), ("twice",), (8, 6))
+
+    class _Twice(torch.nn.Module):
+        def forward(self, image):
+            return (2 * image,)
+
+    spec = export.export_spec(Doubler())
+    assert spec.output_names == ("twice",) and spec.input_size == (8, 6)
+    for model in (BaseModel(), torch.nn.Linear(1, 1)):
+        with pytest.raises(SystemExit, match=rf"{type(model).__name__} declares no export graph"):
+            export.export_spec(model)

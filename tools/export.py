@@ -21,9 +21,6 @@ from pathlib import Path
 
 from _common import add_cfg_options, add_no_ema, add_work_dir, load, work_dir
 
-OUTPUTS = ("anomaly_map", "pred_score", "raw_map", "raw_score")
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
@@ -44,39 +41,31 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def export_spec(model):
+    """The model's declared export graph (``BaseModel.export_spec``); exits naming the model
+    when it declares none or cannot export in its state."""
+    from defectkit.models.base import BaseModel
+
+    try:
+        spec = model.export_spec() if isinstance(model, BaseModel) else None
+    except ValueError as e:
+        sys.exit(f"export: {e}")
+    if spec is None:
+        sys.exit(f"export: {type(model).__name__} declares no export graph (BaseModel.export_spec); "
+                 "see docs/adding_a_model.md")
+    return spec
+
+
 def export_wrapper(model):
-    """An ``nn.Module`` mapping an image tensor to the tuple of OUTPUTS."""
-    import torch
-
-    class Exported(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, image):
-            raw = self.inner.raw_maps(image, antialias=False)
-            raw_score = raw.amax(dim=(1, 2, 3))
-            return (self.inner.normalize(raw, "pixel"), self.inner.normalize(raw_score, "image"),
-                    raw, raw_score)
-
-    if not hasattr(model, "raw_maps"):
-        sys.exit(f"export: {type(model).__name__} has no raw_maps(); only anomaly models (PaDiM) export")
-    # the tracer walks state_dict(keep_vars=True) and cannot take the module's extra state
-    # (a dict of pre-processing/calibration facts): trace a shallow copy without it
-    import copy
-
-    plain = copy.copy(model)
-    plain.__class__ = type(f"{type(model).__name__}Export", (type(model),),
-                           {"get_extra_state": torch.nn.Module.get_extra_state})
-    return Exported(plain).eval()
+    """An ``nn.Module`` mapping an image tensor to the tuple of the model's outputs."""
+    return export_spec(model).module
 
 
 def export_onnx(model, out_path, height: int, width: int, opset: int = 17) -> Path:
     import torch
 
-    wrapper = export_wrapper(model)
-    if model.precision_factor.dtype != torch.float32:
-        sys.exit("export: precision_dtype float16 is not exportable; export a float32 model")
+    spec = export_spec(model)
+    names = list(spec.output_names)
     example = torch.rand(2, 3, height, width)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +73,8 @@ def export_onnx(model, out_path, height: int, width: int, opset: int = 17) -> Pa
 
     with warnings.catch_warnings():   # tracer notes on shape checks that are constant for a fixed input size
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (example,), str(out_path), input_names=["image"], output_names=list(OUTPUTS),
-                          dynamic_axes={"image": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUTS}},
+        torch.onnx.export(spec.module, (example,), str(out_path), input_names=["image"], output_names=names,
+                          dynamic_axes={"image": {0: "batch"}, **{k: {0: "batch"} for k in names}},
                           opset_version=opset, dynamo=False)
     return out_path
 
@@ -101,14 +90,16 @@ def check_onnx(model, path, height: int, width: int, batch: int = 2, seed: int =
 
     g = torch.Generator().manual_seed(seed)
     x = images if images is not None else torch.rand(batch, 3, height, width, generator=g)
+    spec = export_spec(model)
+    names = list(spec.output_names)
     with torch.no_grad():
-        ref = [t.numpy() for t in export_wrapper(model)(x)]
+        ref = [t.numpy() for t in spec.module(x)]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(list(OUTPUTS), {"image": x.numpy()})
-    diffs = {k: float(np.abs(a - b).max()) for k, a, b in zip(OUTPUTS, ref, got)}
+    got = sess.run(names, {"image": x.numpy()})
+    diffs = {k: float(np.abs(a - b).max()) for k, a, b in zip(names, ref, got)}
     if not with_scale:
         return diffs
-    return {k: (diffs[k], float(np.abs(a).max())) for k, a in zip(OUTPUTS, ref)}
+    return {k: (diffs[k], float(np.abs(a).max())) for k, a in zip(names, ref)}
 
 
 def verdict(diffs: dict, atol: float) -> tuple[bool, list[str]]:
@@ -139,10 +130,11 @@ def main(argv=None):
     from defectkit.engine import init_model
 
     model, _ = init_model(cfg, args.checkpoint, "cpu", use_ema=not args.no_ema)
-    h, w = args.input_size or (model.input_size, model.input_size)
+    spec = export_spec(model)
+    h, w = args.input_size or spec.input_size
     out = Path(args.out or work_dir(args, cfg) / f"{Path(args.checkpoint).stem}.onnx")
     export_onnx(model, out, h, w, args.opset)
-    print(f"wrote {out} (input image: B x 3 x {h} x {w} float32 in [0, 1]; outputs {', '.join(OUTPUTS)})")
+    print(f"wrote {out} (input image: B x 3 x {h} x {w} float32 in [0, 1]; outputs {', '.join(spec.output_names)})")
     if args.check:
         images = test_images(cfg, h, w, args.num_images)
         n = len(images) if images is not None else args.num_images

@@ -14,6 +14,8 @@ Contract (DESIGN §5):
   no optimizer.
 - ``predict(batch)`` in eval mode returns one typed result per image
   (``defectkit.structures``).
+- ``export_spec()``: the graph ``tools/export.py`` writes to ONNX, or ``None`` (default)
+  when the model does not export.
 - ``train_step_begin(progress)`` / ``train_step_end(progress)`` run before the forward and
   after the optimizer step of every training iteration (e.g. DefectNet's gate-loss weight
   follows ``progress.epoch`` or ``progress.iter``). No-ops by default.
@@ -47,12 +49,28 @@ class Progress:
     max_iters: int
 
 
+@dataclass
+class ExportSpec:
+    """What ``tools/export.py`` exports: ``module`` maps ``image`` float32 (B, 3, H, W) RGB in
+    [0, 1] to a tuple of tensors named ``output_names`` (batch dimension first);
+    ``input_size`` is the default (H, W) in px."""
+
+    module: nn.Module
+    output_names: tuple[str, ...]
+    input_size: tuple[int, int]
+
+
 class BaseModel(nn.Module):
     """Base class of every defectkit model: declares how it learns, with no-op hooks."""
 
     learning: ClassVar[Learning] = "gradient"
     # argument name -> whether the builder tells that part the dataset's classes
     model_parts: ClassVar[Mapping[str, bool]] = {}
+
+    def export_spec(self) -> ExportSpec | None:
+        """The ONNX export graph (see ``ExportSpec``); ``None``: this model does not export.
+        Raises ``ValueError`` when the model exports in general but not in this state."""
+        return None
 
     def train_step_begin(self, progress: Progress) -> None:
         """Called by the engine before the forward pass of every training step."""
