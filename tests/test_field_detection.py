@@ -146,3 +146,14 @@ def test_demo_row_sentence_has_its_numbers_or_only_its_words():
     assert demo.describe("finds defects (AP50 {AP50:.2f})", {}) == "finds defects"
     for _, config, _, says in demo.RUNS:
         assert (ROOT / config).is_file() and says
+
+
+def test_demo_trains_side_by_side_rows_together():
+    demo = _load("tools/demo.py", "demo_tool")
+    todo = [(config, None, None, []) for _, config, _, _ in demo.RUNS]
+    groups = [[job[0] for job in g] for g in demo.side_by_side_groups(todo)]
+    assert groups[0] == ["configs/classifier/smallcnn_tiny_synth.yaml"]     # the detectors need it first
+    assert groups[1] == [demo.ONE_MODEL, demo.DEFECTNET]
+    assert len(groups) == 3 and len(groups[2]) == 3
+    # a finished row drops out; the rest of its set still trains together
+    assert [len(g) for g in demo.side_by_side_groups(todo[2:])] == [1, 3]
