@@ -48,7 +48,7 @@ def list_images(inputs):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load(args)
-    from defectkit.engine import init_model, resolve_device
+    from defectkit.engine import build_evaluator, init_model, resolve_device
     from defectkit.progress import track
     from defectkit.data.transforms import build_pipeline
 
@@ -59,6 +59,7 @@ def main(argv=None):
     model, meta = init_model(cfg, args.checkpoint, device, use_ema=not args.no_ema)
     classes = meta.get("classes") or cfg.get("classes")
     pipeline = build_pipeline(((cfg.get("data") or {}).get("test") or {}).get("pipeline"))
+    namer = build_evaluator(cfg["evaluation"], classes) if cfg.get("evaluation") else None   # names labels
 
     records, failed = [], []
     try:
@@ -66,7 +67,8 @@ def main(argv=None):
             rec = {"path": str(path)}
             records.append(rec)
             try:           # every input is isolated: one failure never stops the others
-                infer_one(model, pipeline, path, i, device, out_dir, rec, cfg, classes, draw=not args.no_draw)
+                infer_one(model, pipeline, path, i, device, out_dir, rec, cfg, classes, draw=not args.no_draw,
+                          namer=namer)
                 print(f"{path}: {json.dumps({k: v for k, v in rec.items() if k != 'path'})}")
             except Exception as e:     # noqa: BLE001 (recorded with the input, reported below)
                 rec["error"] = f"{type(e).__name__}: {e}"
@@ -83,9 +85,10 @@ def main(argv=None):
     return 1 if len(failed) == len(records) else 0
 
 
-def infer_one(model, pipeline, path, index, device, out_dir, rec, cfg, classes, draw=True):
+def infer_one(model, pipeline, path, index, device, out_dir, rec, cfg, classes, draw=True, namer=None):
     """Predict one image file and fill ``rec`` (its results.json entry) in place: the
-    result's JSON, ``files`` the result writes (e.g. masks) and ``image``, the drawing on
+    result's JSON (with the class names ``namer``, the config's evaluator, adds), ``files``
+    the result writes (e.g. masks) and ``image``, the drawing on
     the ORIGINAL picture. Raises whatever fails; what succeeded stays in ``rec``."""
     import torch
     from torchvision import tv_tensors
@@ -102,6 +105,8 @@ def infer_one(model, pipeline, path, index, device, out_dir, rec, cfg, classes, 
     with torch.no_grad():
         result = model.predict(to_device(collate([sample]), device))[0]
     rec.update(result.to_json())
+    if namer is not None:
+        rec.update(namer.export_fields(result))
     stem = f"{index:05d}_{path.stem}"
     files = result.write_files(out_dir, stem)            # e.g. segmentation masks as PNG
     if files:

@@ -49,7 +49,7 @@ def main(argv=None):
 
     from defectkit.engine import (build_dataset, build_eval_loader, build_evaluator, init_model,
                                   resolve_device, run_inference)
-    from defectkit.engine.builders import loads_own_weights
+    from defectkit.engine.builders import check_classes, loads_own_weights
     from defectkit.engine.inference import skipped_line
 
     data_cfg = cfg.get("data", {}).get(args.split)
@@ -67,7 +67,7 @@ def main(argv=None):
     if args.checkpoint is None:                 # the model's weights come from its own config
         cfg.setdefault("classes", list(dataset.classes))
     model, meta = init_model(cfg, args.checkpoint, device, use_ema=not args.no_ema)
-    classes = meta.get("classes") or dataset.classes
+    classes = check_classes(meta.get("classes"), dataset.classes, f"data.{args.split}")
     evaluator = build_evaluator(cfg["evaluation"], classes, dataset=dataset)
     workers = args.num_workers if args.num_workers is not None else cfg["data"].get("num_workers", 2)
     loader = build_eval_loader(dataset, batch_size=args.batch_size, num_workers=workers, distributed=False)

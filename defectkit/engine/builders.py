@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.collate import EvalSamples, collate, is_empty_batch, to_device
-from ..config import load_config
+from ..config import ConfigError, load_config
+from ..data.formats.common import DataFormatError
 from ..models.base import BaseModel
 from ..registry import DATASETS, EVALUATORS, MODELS, Registry
 from .distributed import get_rank, get_world_size
@@ -42,6 +43,19 @@ def build_with_defaults(registry: Registry, cfg: dict, **defaults: Any) -> Any:
     return registry.build(cfg, **extra)
 
 
+def check_classes(model_classes: list[str] | None, data_classes: list[str], where: str) -> list[str]:
+    """The class list to evaluate with: the checkpoint's (``model_classes``, may be None) when
+    it equals the data's, in order; raises ConfigError naming ``where`` (e.g. ``data.test``)
+    when they differ, since predictions and ground truth are compared by class index."""
+    data_classes = list(data_classes)
+    if model_classes and list(model_classes) != data_classes:
+        raise ConfigError(
+            f"{where}: the checkpoint's classes {list(model_classes)} differ from the data's "
+            f"{data_classes} (labels are compared by index); test on data with the same classes "
+            "in the same order (the readers take `classes:`) or with a checkpoint trained on them")
+    return list(model_classes or data_classes)
+
+
 def build_model(model_cfg: dict, classes: list[str] | None = None) -> torch.nn.Module:
     """Build ``model_cfg`` telling it the dataset's classes when the config does not:
     a constructor that takes ``classes`` gets the names (and derives its own output
@@ -61,7 +75,12 @@ def build_model(model_cfg: dict, classes: list[str] | None = None) -> torch.nn.M
             defaults = {"classes": list(classes)}
         else:
             defaults = {"num_classes": len(classes)}
-    return build_with_defaults(MODELS, _build_parts(model_cls, model_cfg, classes), **defaults)
+    try:
+        return build_with_defaults(MODELS, _build_parts(model_cls, model_cfg, classes), **defaults)
+    except (ConfigError, DataFormatError):
+        raise
+    except ValueError as e:   # a constructor's own value check: a config error of the model section
+        raise ConfigError(f"model ({model_cfg['type']}): {e}") from e
 
 
 def _build_parts(model_cls: Any, model_cfg: dict, classes: list[str] | None) -> dict:

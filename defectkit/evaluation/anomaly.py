@@ -162,13 +162,17 @@ class AnomalyEvaluator(BaseEvaluator):
             if mask is not None and tuple(raw_map.shape) != mask.shape:
                 raw_map = F.interpolate(raw_map[None, None].float(), size=mask.shape, mode="bilinear",
                                         align_corners=False)[0, 0]
+            pred_mask = r.pred_mask
+            if pred_mask is not None and mask is not None and tuple(pred_mask.shape) != mask.shape:
+                pred_mask = F.interpolate(pred_mask[None, None].float(), size=mask.shape,
+                                          mode="nearest")[0, 0] > 0.5
             meta = batch_meta(batch, i)
             rec = {"score": float(r.raw_score if r.raw_score is not None else r.score),
                    "label": int(labels[i]) if labels is not None else None,
                    "pred_label": r.pred_label,
                    "map": raw_map.float().cpu().numpy().astype(np.float32),
                    "mask": mask,
-                   "pred_mask": None if r.pred_mask is None else r.pred_mask.cpu().numpy().astype(bool),
+                   "pred_mask": None if pred_mask is None else pred_mask.cpu().numpy().astype(bool),
                    "defect_type": meta.get("defect_type", "defect" if labels is not None and int(labels[i])
                                            else "good"),
                    "path": meta.get("path"), "id": meta.get("id")}

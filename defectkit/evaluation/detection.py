@@ -138,6 +138,13 @@ class DetectionEvaluator(BaseEvaluator):
         self.coco_log = ""            # pycocotools' captured output of the last compute()
         self.pr_curves: dict[str, tuple[list[float], list[float]]] = {}
 
+    def export_fields(self, result: Any) -> dict[str, Any]:
+        """``label_names``: each box's class name (``tools/infer.py``'s results.json)."""
+        if not self.classes:
+            return {}
+        return {"label_names": [self.classes[int(l)] if 0 <= int(l) < len(self.classes) else str(int(l))
+                                for l in _as_list(result.labels)]}
+
     # ------------------------------------------------------------------------ records
     def process(self, batch: dict, results: list) -> None:
         gts = batch.get("is_defective")

@@ -47,14 +47,22 @@ def decode_mask(path: str | os.PathLike, exif_orientation: bool = True) -> np.nd
 
     Modes: ``1`` (0/1), ``L``, ``P`` (the palette indices), ``LA`` (the L band; alpha
     is ignored), ``I;16``, ``I``, and ``RGB``/``RGBA`` when R == G == B at every pixel
-    (a grey mask saved in colour; alpha is ignored). Any other mode, or a colour mask
-    with differing bands, raises DataFormatError naming the file and the mode.
+    (a grey mask saved in colour; alpha is ignored). Any other mode, a colour mask with
+    differing bands, or a mask drawn only in its alpha channel (constant grey values,
+    varying alpha) raises DataFormatError naming the file and the mode.
     """
     im = open_image(path, exif_orientation, what="mask")
     mode = im.mode
     if mode not in MASK_MODES:
         raise DataFormatError(f"{path}: mask mode {mode!r} is not supported (a mask must be a "
                               f"single-channel class-index image; modes: {', '.join(MASK_MODES)})")
+    if mode in ("LA", "RGBA"):       # alpha is ignored, unless it is where the mask is
+        alpha = np.asarray(im.getchannel("A"))
+        grey = np.asarray(im.getchannel("L") if mode == "LA" else im.convert("RGB"))
+        if alpha.min() != alpha.max() and grey.min() == grey.max():
+            raise DataFormatError(f"{path}: mask mode {mode!r} varies only in its alpha channel "
+                                  f"(the {'L' if mode == 'LA' else 'RGB'} values are all "
+                                  f"{int(grey.flat[0])}); save the class indices in the grey values")
     if mode == "LA":
         im = im.getchannel("L")
     arr = np.asarray(im)
