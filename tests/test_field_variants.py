@@ -72,3 +72,34 @@ def test_a_mask_drawn_only_in_alpha_is_an_error_not_a_normal_image(tmp_path):
     la[2:5, 2:5, 0] = 1
     Image.fromarray(la, "LA").save(tmp_path / "la.png")
     assert decode_mask(tmp_path / "la.png").sum() == 9
+
+
+def test_images_the_reader_dropped_are_listed_with_the_unreadable_ones(tmp_path, capsys):
+    """A missing file is dropped while reading (skip_invalid), a truncated one while
+    evaluating: tools/test.py lists both in metrics.json ``skipped`` and its summary."""
+    import json
+
+    from helpers_tools import ROOT, tool
+    from test_field_eval import CAT_NAMES, write_coco
+
+    ann = write_coco(tmp_path, corrupt=1)
+    (tmp_path / "img" / "im5.png").unlink()            # a normal image whose file is gone
+    cfg = tmp_path / "noisy.yaml"
+    cfg.write_text(f"""
+_base_: {ROOT / 'configs/_base_/runtime/default.yaml'}
+model: {{type: _FieldNoisyOracle, ann_file: {ann}}}
+evaluation: {{type: DetectionEvaluator, score_thr: 0.05}}
+data:
+  test: {{type: CocoDataset, ann_file: {ann}, img_dir: {tmp_path / 'img'}, skip_invalid: true,
+          pipeline: [{{type: Resize, scale: [64, 64], keep_ratio: true}}, {{type: Normalize}}]}}
+  num_workers: 0
+""")
+    ckpt = tmp_path / "w.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": {"classes": list(CAT_NAMES)}}, ckpt)
+    tool("test").main([str(cfg), str(ckpt), "--out-dir", str(tmp_path / "out"), "--show", "0"])
+    printed = capsys.readouterr().out
+    rec = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert rec["metrics"]["num_images"] == 4 and rec["metrics"]["num_skipped"] == 2
+    assert "im1.jpg" in rec["skipped"][0]["path"]
+    assert rec["skipped"][1]["when"] == "reading the annotations" and "im5.png" in rec["skipped"][1]["error"]
+    assert "skipped 2 unreadable sample(s)" in printed and "im5.png" in printed

@@ -78,10 +78,13 @@ def main(argv=None):
     wall = time.perf_counter() - t0
     metrics = dict(out.metrics or {})
     metrics.update(out.timing)
-    metrics["num_skipped"] = len(out.skipped)
+    skipped = [{"path": s["path"], "error": s["error"]} for s in out.skipped] + [
+        {"path": None, "error": e, "when": "reading the annotations"}
+        for e in getattr(dataset, "skipped_at_read", [])]   # dropped by the reader (skip_invalid)
+    metrics["num_skipped"] = len(skipped)
     print(evaluator.summary(metrics))
-    if out.skipped:
-        print(skipped_line(out.skipped, limit=len(out.skipped)))
+    if skipped:
+        print(skipped_line(skipped, limit=len(skipped)))
     t = out.timing
     print(f"ATT (model call per image, batch {args.batch_size}): {t['att_ms']:.2f} ms | "
           f"GT-normal {t['att_normal_ms']:.2f} ms | GT-defective {t['att_defective_ms']:.2f} ms"
@@ -93,7 +96,7 @@ def main(argv=None):
               "split": args.split,
               "device": str(device), "torch": torch.__version__, "batch_size": args.batch_size,
               "params": sum(p.numel() for p in model.parameters()), "metrics": metrics,
-              "skipped": [{"path": s["path"], "error": s["error"]} for s in out.skipped]}
+              "skipped": skipped}
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=float))
     pred_path = evaluator.write_predictions(out.results, out.metas, out_dir)
     artifacts = evaluator.save_artifacts(metrics, out_dir) or []

@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..registry import DATASETS, TRANSFORMS
 from .collate import skipped_sample
-from .formats.common import DataFormatError, Record
+from .formats.common import DataFormatError, Record, collect_skipped_images
 from .formats.coco import read_coco
 from .formats.image_folder import read_image_folder
 from .formats.images import decode_mask, exif_hint, open_image
@@ -97,7 +97,10 @@ class BaseDataset(Dataset):
         self.exif_orientation = bool(exif_orientation)   # read before self.load() (readers)
         self.seed = int(seed)
         self.epoch = 0
-        records, classes = self.load()
+        with collect_skipped_images() as skipped:
+            records, classes = self.load()
+        # images the reader dropped (skip_invalid): tools/test.py lists them with the unreadable ones
+        self.skipped_at_read: list[str] = list(skipped)
         if max_images is not None:
             records = records[:int(max_images)]
         self.records: list[Record] = records

@@ -160,7 +160,8 @@ def run_inference(model: torch.nn.Module, loader: Iterable, evaluator: Any = Non
 
 def skipped_line(skipped: list[dict], limit: int = 5) -> str:
     """One line naming the unreadable samples left out of an evaluation."""
-    names = "; ".join(f"{s.get('path')} ({s.get('error')})" for s in skipped[:limit])
+    names = "; ".join(f"{s['path']} ({s.get('error')})" if s.get("path") else str(s.get("error"))
+                      for s in skipped[:limit])
     more = f"; ... and {len(skipped) - limit} more" if len(skipped) > limit else ""
     return (f"skipped {len(skipped)} unreadable sample(s) (skip_invalid=True), not evaluated: "
             f"{names}{more}")

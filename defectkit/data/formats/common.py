@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,21 @@ class Record:
     meta: dict = field(default_factory=dict)
 
 
+_COLLECTORS: list[list[str]] = []
+
+
+@contextmanager
+def collect_skipped_images():
+    """Within the block, the message of every IMAGE a reader drops under ``skip_invalid``
+    is also appended to the yielded list (the dataset keeps it: ``skipped_at_read``)."""
+    got: list[str] = []
+    _COLLECTORS.append(got)
+    try:
+        yield got
+    finally:
+        _COLLECTORS.remove(got)
+
+
 class Problems:
     """Raise at once, or (``skip_invalid``) collect and report in one warning.
 
@@ -75,6 +91,8 @@ class Problems:
             raise err
         self.errors.append(str(err))
         self.dropped(kind)
+        if kind == "image" and _COLLECTORS:
+            _COLLECTORS[-1].append(str(err))
 
     def dropped(self, kind: str, n: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + int(n)
