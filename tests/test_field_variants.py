@@ -103,3 +103,21 @@ data:
     assert "im1.jpg" in rec["skipped"][0]["path"]
     assert rec["skipped"][1]["when"] == "reading the annotations" and "im5.png" in rec["skipped"][1]["error"]
     assert "skipped 2 unreadable sample(s)" in printed and "im5.png" in printed
+
+
+def test_compare_retests_when_only_test_settings_differ():
+    """A checkpoint is judged by the settings its weights depend on: data.test, evaluation
+    and benchmark changes re-test it; a training setting makes compare stop (or retrain)."""
+    from helpers_tools import tool
+
+    compare = tool("compare")
+    base = {"model": {"type": "X"}, "optimizer": {"lr": 0.1},
+            "data": {"train": {"p": 1}, "test": {"scale": [64, 64]}}, "evaluation": {"score_thr": 0.05}}
+    test_only = {**base, "data": {"train": {"p": 1}, "test": {"scale": [96, 96]}},
+                 "evaluation": {"score_thr": 0.3}}
+    trained = {**base, "optimizer": {"lr": 0.2}}
+    h = lambda c: compare.config_hash(compare.training_part(c))   # noqa: E731
+    assert h(base) == h(test_only) and compare.config_hash(base) != compare.config_hash(test_only)
+    assert h(base) != h(trained)
+    assert "optimizer.lr: 0.1 != 0.2" in compare.config_diff(compare.training_part(base),
+                                                          compare.training_part(trained))

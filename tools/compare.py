@@ -31,7 +31,8 @@ HASH_EXCLUDES that do not change a result: work dir, device, data loader workers
 checkpoint keeping, benchmark settings, test overlays) into every ``metrics.json`` it
 writes, and compares a checkpoint through the config stored in it. When they differ:
 
-- metrics made with other settings, checkpoint made with these: re-tested (cheap);
+- metrics made with other settings, checkpoint made with these (test-only settings:
+  ``data.test``, ``evaluation``, ``benchmark`` do not count): re-tested (cheap);
 - checkpoint trained with other settings: compare stops with one line naming the keys that
   differ, so that a trained checkpoint is never overwritten by surprise; ``--retrain``
   retrains exactly those configs (``--train`` retrains all), ``--work-root DIR`` keeps both;
@@ -121,14 +122,7 @@ def resolved_config(config: str, cfg_options=None, seed: int | None = None) -> d
 def _comparable(cfg: dict) -> dict:
     """``cfg`` without HASH_EXCLUDES, with the trainer's normalisations (``deterministic``
     false when unset; no ``seed`` when none is set, as the trainer then draws one)."""
-    cfg = copy.deepcopy(cfg)
-    for dotted in HASH_EXCLUDES:
-        *parents, last = dotted.split(".")
-        node = cfg
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
+    cfg = without(cfg, HASH_EXCLUDES)
     cfg["deterministic"] = bool(cfg.get("deterministic"))
     if cfg.get("seed") is None:
         cfg.pop("seed", None)
@@ -140,6 +134,28 @@ def config_hash(cfg: dict) -> str:
     (canonical JSON: sorted keys), equal for equal settings."""
     text = json.dumps(_comparable(cfg), sort_keys=True, default=str, ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# what testing alone reads: a checkpoint made with other values of these is re-tested, not retrained
+TEST_ONLY = ("data.test", "evaluation", "benchmark")
+
+
+def training_part(cfg: dict) -> dict:
+    """``cfg`` without TEST_ONLY: the settings a checkpoint's weights depend on."""
+    return without(cfg, TEST_ONLY)
+
+
+def without(cfg: dict, dotted_keys) -> dict:
+    """A deep copy of ``cfg`` with the ``dotted_keys`` (e.g. ``data.test``) removed."""
+    cfg = copy.deepcopy(cfg)
+    for dotted in dotted_keys:
+        *parents, last = dotted.split(".")
+        node = cfg
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return cfg
 
 
 def config_diff(a: dict, b: dict, limit: int = 3) -> str:
@@ -223,12 +239,13 @@ def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None
     do_train = do_test and not own_weights and (train or not ckpt.is_file())
     if do_test and not do_train and not own_weights:
         stored = checkpoint_config(ckpt)
-        if stored is not None and config_hash(stored) != want:
+        if stored is not None and config_hash(training_part(stored)) != config_hash(training_part(cfg)):
+            diff = config_diff(training_part(stored), training_part(cfg))
             if not retrain:
                 sys.exit(f"compare: {ckpt} was trained with other settings than {Path(config).name}"
-                         f"{' + --cfg-options' if cfg_options else ''} ({config_diff(stored, cfg)}); "
+                         f"{' + --cfg-options' if cfg_options else ''} ({diff}); "
                          f"pass --retrain to retrain it (overwrites {work_dir}), or --work-root DIR to keep both")
-            print(f"[compare] {ckpt} was trained with other settings ({config_diff(stored, cfg)}); retraining")
+            print(f"[compare] {ckpt} was trained with other settings ({diff}); retraining")
             do_train = True
     opts = ["--cfg-options", *cfg_options] if cfg_options else []
     dev = ["--device", device] if device else []
