@@ -433,25 +433,38 @@ def _error_text(e: Exception) -> str:
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
 
-def _validate_dataclass(value: dict, cls: type, path: str) -> None:
+def parse_options(cls: type, value: Any, path: str) -> Any:
+    """THE parser of an option dataclass (``model.gate``, ``model.aux_head``, ...): config
+    validation at load and the model constructor both call it, so the rules and messages
+    live here. None and ready instances pass through; a dict is checked key by key
+    (unknown key with a suggestion, value types from the field annotations, nested option
+    dataclasses and fields with a ``spec`` in their metadata) and then built, so the
+    dataclass's own ``__post_init__`` checks run. Every error is a ``ConfigError``
+    (a ``ValueError``) naming ``path``."""
+    if value is None or isinstance(value, cls):
+        return value
     if not isinstance(value, dict):
-        return
+        raise ConfigError(f"{path}: expected a dict or null, got {_shown(value)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = _hints(cls)
     for k, v in value.items():
         if k not in fields:
-            raise _unknown(path, k, fields)
+            raise ConfigError(f"{path}.{k}: unknown key{_suggest(k, fields)} "
+                              f"({path}: unknown option; accepted: {', '.join(sorted(fields))})")
         sub = fields[k].metadata.get("spec")
         if sub is not None:
             _validate(v, sub, f"{path}.{k}")
             continue
         check_value(v, hints.get(k), f"{path}.{k}")
         if isinstance(v, dict) and _dataclass_in(hints.get(k)):
-            _validate_dataclass(v, _dataclass_in(hints.get(k)), f"{path}.{k}")
-    try:   # the dataclass's own value checks (__post_init__); options are cheap to build
-        cls(**value)
+            parse_options(_dataclass_in(hints.get(k)), v, f"{path}.{k}")
+    try:   # the dataclass's own value checks (__post_init__)
+        return cls(**value)
     except (TypeError, ValueError) as e:
         raise ConfigError(_path_msg(path, _error_text(e))) from None
+
+
+options_from = parse_options   # the older name
 
 
 def _validate_built(value: Any, registry: Registry, path: str) -> None:
@@ -488,7 +501,7 @@ def _validate_built(value: Any, registry: Registry, path: str) -> None:
         if isinstance(v, dict) and "type" in v:
             _validate_built(v, registry, sub_path)
         elif isinstance(v, dict) and _dataclass_in(hints.get(k)):
-            _validate_dataclass(v, _dataclass_in(hints.get(k)), sub_path)
+            parse_options(_dataclass_in(hints.get(k)), v, sub_path)
     if registry.check_build:
         extra = registry.check_build() if callable(registry.check_build) else {}
         try:
@@ -517,7 +530,7 @@ def _validate(value: Any, spec: Spec, path: str) -> None:
     elif _is_dataclass_type(spec):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        _validate_dataclass(value, spec, path)
+        parse_options(spec, value, path)
     elif isinstance(spec, dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
@@ -577,21 +590,3 @@ def get_by_path(cfg: dict, dotted: str, default: Any = None) -> Any:
         else:
             return default
     return node
-
-
-def options_from(cls: type, value: Any, key: str) -> Any:
-    """Build the dataclass ``cls`` of a sub-config (``model.gate``, ``model.aux_head``) from
-    a dict: None and ready instances pass through; an unknown key (ValueError) or a value
-    of the wrong type (ConfigError, from the field annotations) fails naming ``key``."""
-    if value is None or isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
-        raise TypeError(f"{key}: expected a dict or null, got {type(value).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - names)
-    if unknown:
-        raise ValueError(f"{key}: unknown option(s) {', '.join(unknown)} (options: {', '.join(sorted(names))})")
-    hints = _hints(cls)
-    for k, v in value.items():
-        check_value(v, hints.get(k), f"{key}.{k}")
-    return cls(**value)

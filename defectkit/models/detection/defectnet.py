@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...config import options_from
+from ...config import parse_options
 
 SCHEDULES = ("constant", "linear", "inverse", "exponential")
 
@@ -78,9 +78,9 @@ class GateConfig:
     @classmethod
     def parse(cls, gate: "GateConfig | dict | None") -> "GateConfig | None":
         """``model.gate`` (a dict, a ``GateConfig`` or None) as a ``GateConfig``; called once,
-        by ``TwoStageDetector``. Unknown or ill-typed fields raise ``ValueError`` /
-        ``ConfigError`` naming ``model.gate``; bad values the message of ``__post_init__``."""
-        return options_from(cls, gate, "model.gate")
+        by ``TwoStageDetector``. Unknown or ill-typed fields or bad values raise a
+        ``ConfigError`` naming ``model.gate`` (``config.parse_options``, the one parser)."""
+        return parse_options(cls, gate, "model.gate")
 
 
 def gate_weight(cfg: GateConfig, n: float) -> float:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...config import options_from
+from ...config import parse_options
 from ...structures import SegmentationResult
 from ..base import BaseModel
 from ..class_weights import register_class_weights
@@ -48,7 +48,7 @@ class AuxHeadConfig:
     def parse(cls, value: "AuxHeadConfig | dict | None") -> "AuxHeadConfig | None":
         """``model.aux_head`` (a dict, an ``AuxHeadConfig`` or None) as an ``AuxHeadConfig``;
         called once, by ``SegmentorBase``. Errors name ``model.aux_head``."""
-        return options_from(cls, value, "model.aux_head")
+        return parse_options(cls, value, "model.aux_head")
 
 
 class AuxHead(nn.Module):
