@@ -61,14 +61,9 @@ def test_model_ema_closed_form():
 
 
 def _ema_run(cfg, work_dir, **kw):
-    from defectkit.engine import Trainer
+    from test_trainer import _run
 
-    t = Trainer(cfg, work_dir=work_dir, **kw)
-    try:
-        r = t.train()
-    finally:
-        t.close()
-    return t, r
+    return _run(cfg, work_dir, **kw)
 
 
 def test_trainer_ema_matches_weights_history_and_checkpoint(tmp_path):
