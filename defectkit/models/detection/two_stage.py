@@ -1,12 +1,12 @@
 """The two-stage detector every R-CNN here is: parts in, losses and gated predictions out.
 
-``TwoStageDetector(backbone, fpn, rpn, classes, ...)`` takes the built parts (torchvision's
-``GeneralizedRCNN`` style) and owns what every two-stage model here has: the optional
+``TwoStageDetector(backbone, fpn, rpn, roi_heads, classes, ...)`` takes the built parts
+(torchvision's ``FasterRCNN(backbone, rpn, roi_heads)`` style) and owns what every two-stage model here has: the optional
 DefectNet gate on C5 (``defectnet.py``), the train step that drops normal images from the
 detection branch (or, with ``normal_negatives: true``, keeps them as RPN / RoI negatives),
 batched gated inference and the rescaling of boxes to original pixels. The detectors
-(``faster_rcnn.py``, ``cascade_rcnn.py``) build the parts from their config keys and add the
-RoI heads (``rcnn_parts.RoIStage``).
+(``faster_rcnn.py``, ``cascade_rcnn.py``, one file each) build the parts from their flat
+config keys, RoI heads included (``FasterRoIHead``, ``CascadeRoIHeads``).
 
 Conventions: dataset labels are 0-based over the defect classes; inside the heads
 0 is background and class ``c`` is ``c + 1`` (torchvision's layout). Images arrive
@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
@@ -31,24 +32,33 @@ from .defectnet import GateConfig, GateHead, gate_weight
 from .rcnn_parts import FEATURE_NAMES, empty_result, rescale_boxes
 
 
+def build_gate_head(backbone: Backbone, gate_cfg: GateConfig | None) -> GateHead | None:
+    """The DefectNet gate on C5 for parsed gate options (None: no gate)."""
+    return GateHead(backbone.out_channels[-1], gate_cfg.pool) if gate_cfg is not None else None
+
+
 class TwoStageDetector(BaseModel):
-    """Backbone + FPN + RPN (+ DefectNet gate) + RoI heads; a subclass builds its RoI heads
-    after ``super().__init__`` and implements ``roi_losses`` / ``roi_predict`` /
-    ``loss_keys`` (``acc_keys``).
+    """Backbone + FPN + RPN (+ DefectNet gate) + RoI heads, all built parts.
 
     Args:
         backbone / fpn / rpn: the built parts (``rcnn_parts.build_backbone_fpn_rpn``);
             ``backbone(images)`` returns C2..C5 (``layer1``..``layer4``).
+        roi_heads: the built RoI head(s): a module with ``losses`` / ``predict`` /
+            ``loss_keys`` / ``acc_keys`` and a class attribute ``attr``, the attribute it is
+            kept under (``roi_head``, ``stages``: the state-dict keys of the checkpoints).
         classes: the defect class names (``rcnn_parts.detector_classes``).
         score_thr, nms_iou, max_per_img: test-time filtering of ``roi_predict``.
         gate: DefectNet gate options (``GateConfig`` or its dict; parsed here, once), or
             None for the plain detector.
         normal_negatives: see ``CascadeRCNN``.
+        gate_head: a built ``GateHead`` (the detectors build it before the RoI heads, so a
+            seeded build gives the same weights as before); None: built here from ``gate``.
     """
 
     def __init__(self, backbone: Backbone, fpn: FeaturePyramidNetwork, rpn: RegionProposalNetwork,
-                 classes: list[str], score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
-                 gate: GateConfig | dict | None = None, normal_negatives: bool = False):
+                 roi_heads: nn.Module, classes: list[str], score_thr: float = 0.05, nms_iou: float = 0.5,
+                 max_per_img: int = 100, gate: GateConfig | dict | None = None, normal_negatives: bool = False,
+                 gate_head: GateHead | None = None):
         super().__init__()
         self.num_classes = len(classes)
         self.classes = list(classes)
@@ -61,7 +71,10 @@ class TwoStageDetector(BaseModel):
                                                                and self.gate_cfg.normal_negatives)
         self.backbone, self.fpn, self.rpn = backbone, fpn, rpn
         self.roi_pool = MultiScaleRoIAlign(list(FEATURE_NAMES), 7, 2)
-        self.gate = GateHead(self.backbone.out_channels[-1], self.gate_cfg.pool) if self.gate_cfg is not None else None
+        self.gate = (gate_head if gate_head is not None else build_gate_head(backbone, self.gate_cfg)) \
+            if self.gate_cfg is not None else None
+        self._roi_attr = roi_heads.attr
+        setattr(self, self._roi_attr, roi_heads)      # registered after the gate: key order as before
         self.epoch, self.iteration = 0, 0
         self.reset_gate_stats()
 
@@ -90,11 +103,17 @@ class TwoStageDetector(BaseModel):
         c = OrderedDict((name, f if idx is None else f[idx]) for name, f in zip(FEATURE_NAMES, feats.values()))
         return self.fpn(c)
 
+    @property
+    def roi_heads(self) -> nn.Module:
+        """The RoI head(s) passed in (kept as ``self.<roi_heads.attr>``)."""
+        return getattr(self, self._roi_attr)
+
     def roi_losses(self, features, proposals, image_sizes, gt_boxes, gt_labels) -> dict:
-        raise NotImplementedError
+        return self.roi_heads.losses(self.roi_pool, features, proposals, image_sizes, gt_boxes, gt_labels)
 
     def roi_predict(self, features, proposals, image_sizes) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        raise NotImplementedError
+        return self.roi_heads.predict(self.roi_pool, features, proposals, image_sizes,
+                                      self.score_thr, self.nms_iou, self.max_per_img)
 
     def _zero_losses(self, ref: torch.Tensor) -> dict:
         """All detection-loss keys, zero but attached to every detection parameter (DDP/backward)."""
@@ -107,10 +126,10 @@ class TwoStageDetector(BaseModel):
 
     def loss_keys(self) -> list[str]:
         """Every detection-loss key (the same in every step, as DDP logging needs)."""
-        raise NotImplementedError
+        return ["loss_rpn_cls", "loss_rpn_bbox"] + self.roi_heads.loss_keys()
 
     def acc_keys(self) -> list[str]:
-        return []
+        return self.roi_heads.acc_keys()
 
     # -------------------------------------------------------------------- the contract
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
