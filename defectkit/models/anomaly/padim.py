@@ -61,7 +61,6 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ...metrics_core import f1_max
 from ...registry import MODELS
@@ -392,21 +391,10 @@ class PaDiM(BaseModel):
         return ((x - t) / span + 0.5).clamp(0, 1)
 
     def export_spec(self) -> ExportSpec:
-        """Pre-processing + model + score normalisation in one graph: outputs ``anomaly_map``
-        (B, 1, S, S) and ``pred_score`` (B,) normalised to [0, 1] (0.5 = fitted threshold),
-        ``raw_map`` and ``raw_score`` (unnormalised). Resizes without antialias (ONNX has no
-        antialiased resize). Raises ValueError for float16 statistics."""
-        if self.precision_factor.dtype != torch.float32:
-            raise ValueError("precision_dtype float16 is not exportable; export a float32 model")
-        # the tracer walks state_dict(keep_vars=True) and cannot take the module's extra state
-        # (a dict of pre-processing/calibration facts): trace a shallow copy without it
-        import copy
+        """Pre-processing + model + score normalisation in one graph (``padim_export.py``)."""
+        from .padim_export import padim_export_spec
 
-        plain = copy.copy(self)
-        plain.__class__ = type(f"{type(self).__name__}Export", (type(self),),
-                               {"get_extra_state": nn.Module.get_extra_state})
-        return ExportSpec(_PaDiMExport(plain).eval(), ("anomaly_map", "pred_score", "raw_map", "raw_score"),
-                          (self.input_size, self.input_size))
+        return padim_export_spec(self)
 
     @property
     def calibrated(self) -> bool:
@@ -589,17 +577,3 @@ class PaDiM(BaseModel):
             tensors.append(self.projection)
         return sum(t.numel() * t.element_size() for t in tensors)
 
-
-class _PaDiMExport(nn.Module):
-    """``PaDiM.export_spec``'s graph: image (B, 3, H, W) in [0, 1] -> (anomaly_map, pred_score,
-    raw_map, raw_score)."""
-
-    def __init__(self, inner: PaDiM):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, image: torch.Tensor):
-        raw = self.inner.raw_maps(image, antialias=False)
-        raw_score = raw.amax(dim=(1, 2, 3))
-        return (self.inner.normalize(raw, "pixel"), self.inner.normalize(raw_score, "image"),
-                raw, raw_score)
