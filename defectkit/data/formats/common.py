@@ -109,6 +109,22 @@ class Problems:
                        self.source, " and ".join(parts), first, more)
 
 
+def keep_known(items: list[tuple], index: dict, problems: Problems, source, field_fmt: str,
+               kind: str) -> tuple[list[tuple], int]:
+    """Of ``items`` ``(i, class_name, *rest)`` keep ``(class_name, *rest)`` whose name is in
+    ``index``; each other one is a problem (``"{source}: {field_fmt}: ... not in classes"``,
+    e.g. ``field_fmt="object[{i}].name"``) of ``kind``. Returns (kept, number dropped)."""
+    kept, bad = [], 0
+    for i, name, *rest in items:
+        if name not in index:
+            problems(DataFormatError(f"{source}: {field_fmt.format(i=i)} {name!r} is not in classes "
+                                     f"{list(index)}"), kind)
+            bad += 1
+            continue
+        kept.append((name, *rest))
+    return kept, bad
+
+
 # ----------------------------------------------------------------------------- paths
 def require_path(path: str | os.PathLike | None, field_name: str, kind: str = "file") -> Path:
     """``path`` as a Path, or a DataFormatError naming the config field."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from .common import (DataFormatError, Problems, Record, as_boxes, as_labels,
                      check_box, check_nonempty, image_size, list_images, read_split_file,
-                     require_path, resolve_classes)
+                     keep_known, require_path, resolve_classes)
 
 SHAPE_TYPES = ("polygon", "rectangle", "circle")
 SPLIT_MODES = ("official", "wear_dev", "random")
@@ -179,14 +179,8 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
     records: list[Record] = []
     seen_images = set()
     for js, img, w, h, shapes, bad in parsed:
-        kept = []
-        for i, lab, poly, box in shapes:
-            if lab not in index:
-                problems(DataFormatError(f"{js}: shapes[{i}].label {lab!r} is not in classes {classes}"),
-                         "shape")
-                bad += 1
-                continue
-            kept.append((lab, poly, box))
+        kept, unknown = keep_known(shapes, index, problems, js, "shapes[{i}].label", "shape")
+        bad += unknown
         if bad and not kept:
             problems.dropped("image")   # every shape invalid: not known to be normal
             continue

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .common import (IMG_EXTENSIONS, DataFormatError, Problems, Record, as_boxes, as_labels,
                      check_box, check_nonempty, find_by_stem, image_size, read_split_file,
-                     require_path, resolve_classes)
+                     keep_known, require_path, resolve_classes)
 
 
 def _text(node, tag: str, where: str, required: bool = True) -> str | None:
@@ -147,14 +147,8 @@ def read_voc(root: str | os.PathLike, split: str | None = None, img_dir: str | o
     index = {c: i for i, c in enumerate(classes)}
     records = []
     for xml, img, w, h, objs, bad in parsed:
-        kept = []
-        for i, n, box, d in objs:
-            if n not in index:
-                problems(DataFormatError(f"{xml}: object[{i}].name {n!r} is not in classes {classes}"),
-                         "object")
-                bad += 1
-                continue
-            kept.append((n, box, d))
+        kept, unknown = keep_known(objs, index, problems, xml, "object[{i}].name", "object")
+        bad += unknown
         if bad and not kept:
             problems.dropped("image")   # every object invalid: not known to be normal
             continue
