@@ -40,11 +40,8 @@ from ..registry import HOOKS, LR_SCHEDULES
 from . import distributed as dist_utils
 from .builders import (build_dataset, build_eval_loader, build_evaluator, build_model,
                        build_train_loader, dataset_classes, iters_per_epoch)
-from .checkpoint import (CheckpointError, CheckpointNotFoundError, NonFiniteCheckpointError,
-                         check_model_type, describe_nonfinite, extract_state_dict,
-                         find_latest_checkpoint, link_or_copy, load_checkpoint, load_state_dict,
-                         load_weights_from, make_checkpoint, make_meta, nonfinite_tensors, save_checkpoint,
-                         update_latest)
+from .checkpoint import (NonFiniteCheckpointError, describe_nonfinite, link_or_copy, load_weights_from,
+                         make_checkpoint, make_meta, nonfinite_tensors, save_checkpoint, update_latest)
 from .fitting import run_fitting
 from .hooks import (BUILTIN_HOOKS, BestCheckpointHook, CheckpointHook, EMAHook, EvalHook, HookBase,
                     LoggerHook, LRScheduleHook, resolve_save_best)
@@ -53,6 +50,7 @@ from .logger import ScalarWriter, close_logger, collect_env, flat_scalars, forma
 from .losses import NonFiniteLossError, parse_losses
 from .lr_schedule import ConstantLR
 from .optim import build_optimizer
+from .resume import find_resume_checkpoint, restore_training_state
 from .runtime import default_work_dir, resolve_device
 from .sampler import TrainSampler
 from .seeding import get_rng_state, preserved_rng, random_seed, set_rng_state, set_seed
@@ -102,7 +100,8 @@ class Trainer:
         self._setup_processes(device if device is not None else cfg.get("device"))
         self._take_work_dir()
         try:
-            resume_ckpt = self._read_resume(resume, cfg)
+            self.resume_path, resume_ckpt, self._resume_note = find_resume_checkpoint(
+                resume, self.work_dir, cfg["model"].get("type"))
             self._setup_run(cfg, resume_ckpt, load_from, seed, deterministic)
             self._build_data()
             self._build_model()
@@ -138,25 +137,6 @@ class Trainer:
     def _release_work_dir(self) -> None:
         if self._lock is not None:
             self._lock.release()
-
-    def _read_resume(self, resume, cfg: dict) -> dict | None:
-        """The checkpoint to resume from (read, model type checked), or None."""
-        self._resume_note: str | None = None
-        self.resume_path: Path | None = None
-        if resume is None or resume is False:
-            return None
-        if str(resume) == "auto" or resume is True:
-            self.resume_path = find_latest_checkpoint(self.work_dir)
-            if self.resume_path is None:
-                self._resume_note = f"resume=auto: no checkpoint in {self.work_dir}; starting from scratch"
-                return None
-        else:
-            self.resume_path = Path(resume)
-            if not self.resume_path.is_file():
-                raise CheckpointNotFoundError(f"--resume: checkpoint file not found: {self.resume_path}")
-        ckpt = load_checkpoint(self.resume_path, map_location="cpu")
-        check_model_type(ckpt, cfg["model"].get("type"), str(self.resume_path), "--resume")
-        return ckpt
 
     def _setup_run(self, cfg: dict, resume_ckpt: dict | None, load_from, seed, deterministic) -> None:
         """Seed (the resumed checkpoint's, else the config's, else random), resolved config
@@ -320,44 +300,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume / load
     def _apply_resume(self, ckpt: dict) -> None:
-        """Weights, optimizer/scaler state, counters, RNG states and every hook's state."""
-        meta = ckpt.get("meta") or {}
-        src = str(self.resume_path)
-        load_state_dict(self.model, extract_state_dict(ckpt, src), strict=True, source=src)
-        if not self.fit_mode:
-            if ckpt.get("optimizer") is None:
-                raise CheckpointError(f"{src}: has no optimizer state, so training cannot resume "
-                                      f"from it; use load_from to start from its weights")
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.scaler.is_enabled() and ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-        if meta.get("seed") is not None and meta["seed"] != self.seed:
-            self.logger.warning(f"resuming with seed {self.seed}, the checkpoint was trained with "
-                                f"{meta['seed']}: the data order will differ from an uninterrupted run")
-        old_ipe, old_world = meta.get("iters_per_epoch"), meta.get("world_size")
-        if old_ipe not in (None, self.iters_per_epoch) or old_world not in (None, self.world_size):
-            self.logger.warning(f"resuming with {self.iters_per_epoch} iterations per epoch on "
-                                f"{self.world_size} process(es); the checkpoint had {old_ipe} on "
-                                f"{old_world}: the run will not match an uninterrupted one")
-        self.epoch, self.iter = int(meta.get("epoch", 0)), int(meta.get("iter", 0))
-        self.inner_iter = self.iter - self.epoch * self.iters_per_epoch
-        if not 0 <= self.inner_iter <= self.iters_per_epoch:      # different epoch length
-            self.epoch, self.inner_iter = divmod(self.iter, self.iters_per_epoch)
-        if self.inner_iter == self.iters_per_epoch:
-            self.epoch, self.inner_iter = self.epoch + 1, 0
+        """Weights, optimizer/scaler state, counters, RNG states (``engine/resume.py``), then
+        every hook's state."""
+        state = restore_training_state(
+            ckpt, str(self.resume_path), self.model, None if self.fit_mode else self.optimizer,
+            self.scaler, seed=self.seed, iters_per_epoch=self.iters_per_epoch,
+            world_size=self.world_size, rank=self.rank, logger=self.logger)
+        self.epoch, self.iter, self.inner_iter = state.epoch, state.iter, state.inner_iter
+        self._resume_rng = state.rng
         for h in self.hooks:
             h.load_state(ckpt)
-        rng = ckpt.get("rng")
-        ranks = ckpt.get("rng_ranks")
-        if ranks and len(ranks) == self.world_size:
-            rng = ranks[self.rank]
-        self._resume_rng = rng
-        bad = nonfinite_tensors(extract_state_dict(ckpt, src))
-        if bad:   # written before saves were checked: not a good checkpoint to fall back on
-            self.logger.warning(f"resuming from {src}, whose {describe_nonfinite(bad)}: "
-                                f"training will not recover from it; resume from an earlier checkpoint")
-        self.last_checkpoint = None if bad else self.resume_path
-        self.logger.info(f"resumed from {src}: epoch {self.epoch}, iteration {self.iter}"
+        self.last_checkpoint = self.resume_path if state.finite else None
+        self.logger.info(f"resumed from {self.resume_path}: epoch {self.epoch}, iteration {self.iter}"
                          + (f", best {self.best['name']}={self.best['value']:.6g}" if self.best else ""))
 
     def _apply_load_from(self, path: str | Path) -> None:
