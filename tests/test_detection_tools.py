@@ -95,7 +95,8 @@ def test_compare_reuses_metrics(tmp_path, capsys):
                                    "att_defective_ms": 20.0}),
                     ("cls", {"f1_macro": 0.9, "att_ms": 3.0, "att_normal_ms": 3.0, "att_defective_ms": 3.1})):
         cfg = tmp_path / f"{stem}.yaml"
-        cfg.write_text("model: {type: X}\n")
+        cfg.write_text("model: {type: X}\nevaluation: {type: %s}\n"
+                       % ("DetectionEvaluator" if stem == "one_model" else "ClassificationEvaluator"))
         cfgs.append(str(cfg))
         (tmp_path / "work" / stem / "test").mkdir(parents=True)
         (tmp_path / "work" / stem / "test" / "metrics.json").write_text(json.dumps({"metrics": m}))
@@ -110,7 +111,7 @@ def test_compare_reuses_metrics(tmp_path, capsys):
 def test_compare_seeds_mean_and_std(tmp_path):
     cmp_tool = tool("compare")
     cfg = tmp_path / "det.yaml"
-    cfg.write_text("model: {type: X}\n")
+    cfg.write_text("model: {type: X}\nevaluation: {type: DetectionEvaluator}\n")
     for seed, (m_ap, f1) in zip((0, 1, 2), ((0.1, 0.8), (0.2, 0.6), (0.3, 0.7))):
         d = tmp_path / "work" / f"det_seed{seed}" / "test"
         d.mkdir(parents=True)
@@ -237,3 +238,27 @@ def test_normal_proportion_tool(det_setup):
     assert rows[1]["f1"] == pytest.approx(1.0) and rows[1]["mAP"] == pytest.approx(1.0)
     assert (out / "normal_proportion.png").stat().st_size > 0
     assert "| alpha (target) |" in (out / "normal_proportion.md").read_text()
+
+
+def test_compare_columns_come_from_each_configs_evaluator(tmp_path):
+    """compare never guesses a family from metric names: each config's evaluator declares its
+    table's columns (``table_columns``); configs with equal columns share one table."""
+    cmp_tool = tool("compare")
+    runs = {"seg": ("SegmentationEvaluator", {"mIoU": 0.7, "defect_IoU": 0.5, "att_ms": 2.0}),
+            "pad": ("AnomalyEvaluator", {"image_auroc": 0.9, "pixel_auroc": 0.95, "aupro": 0.8, "att_ms": 4.0}),
+            "det": ("DetectionEvaluator", {"mAP": 0.4, "f1_macro": 0.6, "att_ms": 9.0})}
+    cfgs = []
+    for stem, (ev, m) in runs.items():
+        cfg = tmp_path / f"{stem}.yaml"
+        cfg.write_text(f"model: {{type: X}}\nevaluation: {{type: {ev}}}\n")
+        cfgs.append(str(cfg))
+        (tmp_path / "work" / stem / "test").mkdir(parents=True)
+        (tmp_path / "work" / stem / "test" / "metrics.json").write_text(json.dumps({"metrics": m, "params": 1.5e6}))
+    out = tmp_path / "table.md"
+    cmp_tool.main(cfgs + ["--work-root", str(tmp_path / "work"), "--out", str(out)])
+    lines = out.read_text().splitlines()
+    assert "| Model | mIoU | defect IoU | ms/img | params |" in lines
+    assert "| seg | 0.700 | 0.500 | 2.00 | 1.50M |" in lines
+    assert "| Model | image AUROC | pixel AUROC | AUPRO | ms/img |" in lines
+    assert "| pad | 0.900 | 0.950 | 0.800 | 4.00 |" in lines
+    assert "| det | 0.400 | 0.600 | 9.00 | n/a | n/a |" in lines

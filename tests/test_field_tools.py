@@ -16,20 +16,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- compare
-def _fake_runner(calls):
-    """compare's ``run`` with tools/train.py in-process (a real training, so the checkpoint
-    holds the trainer's resolved config) and tools/test.py replaced by a metrics.json writer."""
+def _fake_runner(calls, monkeypatch=None, cmp_tool=None):
+    """compare's ``run`` with tools/test.py replaced by a metrics.json writer; with
+    ``monkeypatch``/``cmp_tool``, compare's in-process training (a real one, so the
+    checkpoint holds the trainer's resolved config) is recorded as a ``train.py`` call."""
+    if monkeypatch is not None:
+        real_train = cmp_tool.train_runs
+
+        def train_runs(cfg, work_dir, device):
+            calls.append(["<rounds>", "train.py", str(work_dir)])
+            return real_train(cfg, work_dir, device)
+        monkeypatch.setattr(cmp_tool, "train_runs", train_runs)
+
     def run(cmd):
         cmd = [str(c) for c in cmd]
         calls.append(cmd)
-        if cmd[1].endswith("train.py"):
-            assert tool("train").main(cmd[2:]) is None
-        else:
-            out = Path(cmd[cmd.index("--out-dir") + 1])
-            out.mkdir(parents=True, exist_ok=True)
-            ckpt = torch.load(cmd[3], weights_only=True)
-            epochs = ckpt["meta"]["config"]["train"]["epochs"]
-            (out / "metrics.json").write_text(json.dumps({"metrics": {"mAP": epochs / 10}}))
+        out = Path(cmd[cmd.index("--out-dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt = torch.load(cmd[3], weights_only=True)
+        epochs = ckpt["meta"]["config"]["train"]["epochs"]
+        # the toy evaluator's main metric (compare's first column for it)
+        (out / "metrics.json").write_text(json.dumps({"metrics": {"accuracy": epochs / 10}}))
     return run
 
 
@@ -40,16 +47,16 @@ def test_compare_cfg_options_and_config_hash(tmp_path, monkeypatch, capsys):
     cfg_path = tmp_path / "toy.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     calls = []
-    monkeypatch.setattr(cmp_tool, "run", _fake_runner(calls))
+    monkeypatch.setattr(cmp_tool, "run", _fake_runner(calls, monkeypatch, cmp_tool))
     work = tmp_path / "work"
     base = [str(cfg_path), "--work-root", str(work), "--out", str(tmp_path / "t.md")]
     metrics = work / "toy" / "test" / "metrics.json"
     ckpt = work / "toy" / "latest.pth"
 
-    # 1. trains with the option (train.py gets it) and stamps the result with the hash
+    # 1. trains with the option (the trained config has it) and stamps the result with the hash
     cmp_tool.main(base + ["--cfg-options", "train.epochs=2"])
     assert [c[1].rsplit("/", 1)[-1] for c in calls] == ["train.py", "test.py"]
-    assert calls[0][-2:] == ["--cfg-options", "train.epochs=2"]
+    assert calls[1][-2:] == ["--cfg-options", "train.epochs=2"]      # test.py gets it too
     rec = json.loads(metrics.read_text())
     stored = cmp_tool.checkpoint_config(ckpt)
     assert stored["train"]["epochs"] == 2
@@ -247,7 +254,7 @@ def test_compare_judges_unstamped_metrics_by_their_checkpoint(tmp_path, monkeypa
     cfg_path = tmp_path / "toy.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     calls = []
-    monkeypatch.setattr(cmp_tool, "run", _fake_runner(calls))
+    monkeypatch.setattr(cmp_tool, "run", _fake_runner(calls, monkeypatch, cmp_tool))
     base = [str(cfg_path), "--work-root", str(tmp_path / "work")]
     cmp_tool.main(base)
     metrics = tmp_path / "work" / "toy" / "test" / "metrics.json"

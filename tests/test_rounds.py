@@ -54,3 +54,23 @@ def test_rounds_without_init_from_previous_and_errors(tmp_path):
 
     with pytest.raises(ConfigError, match="train.epocs: unknown key"):
         run_rounds(_cfg(), rounds=[{"train.epocs": 2}], work_dir=tmp_path / "y")
+
+
+def test_named_rounds_repeat_an_experiment_per_seed(tmp_path):
+    """Repeated experiments (tools/compare.py --seeds): independent rounds with a seed each,
+    in sub-dirs named by the caller; equal seeds give equal weights, other seeds others."""
+    cfg = toy_config(train={"epochs": 1}, evaluation=None)
+    names = ["toy_seed0", "toy_seed1", "toy_seed0_again"]
+    results = run_rounds(cfg, rounds=[{"seed": 0}, {"seed": 1}, {"seed": 0}], work_dir=tmp_path,
+                         init_from_previous=False, names=names)
+    assert [r.work_dir for r in results] == [tmp_path / n for n in names]
+    w = [load_checkpoint(tmp_path / n / "latest.pth")["state_dict"]["fc.weight"] for n in names]
+    assert torch.equal(w[0], w[2]) and not torch.equal(w[0], w[1])
+    assert [load_checkpoint(tmp_path / n / "latest.pth")["meta"]["seed"] for n in names] == [0, 1, 0]
+
+
+@pytest.mark.parametrize("names", [["a"], ["a", "a"], ["a", "x/b"], ["a", ""]])
+def test_bad_round_names_are_one_clear_error(tmp_path, names):
+    with pytest.raises(ValueError, match="`names` must be 2 distinct folder names"):
+        run_rounds(toy_config(evaluation=None), rounds=[{}, {}], work_dir=tmp_path, names=names)
+    assert not any(tmp_path.iterdir())

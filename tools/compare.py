@@ -5,16 +5,19 @@
 For each config, ``<work-root>/<config-stem>/test/metrics.json`` (what tools/test.py
 writes) is reused when present. Otherwise the checkpoint ``<work-root>/<stem>/latest.pth``
 is tested with tools/test.py, and when it is missing too (or with --train) the config is
-first trained with tools/train.py. Models that load their own weights (the two-model
-baseline, from its classifier and detector checkpoints) are only tested. The tools run
-as subprocesses, each command printed before it runs. The columns follow the family of
-the results (one table per family):
+first trained, in this process, with the rounds API (``defectkit.engine.rounds.run_rounds``,
+one round per run, its sub-work-dir named ``<stem>`` or ``<stem>_seed<N>``). Models that load
+their own weights (the two-model baseline, from its classifier and detector checkpoints) are
+only tested. Testing runs tools/test.py as a subprocess, the command printed before it runs.
+The columns are those each config's evaluator declares (``table_columns`` of its
+``evaluation.type``; configs whose evaluators declare the same columns share a table), e.g.:
 
 - detection (and classifiers next to it): ``Model | mAP | F1 | ATT(ms) | ATT_N | ATT_D``
   (F1 = image-level macro F1; ATT = model-call ms per image, over all / GT-normal /
   GT-defective images);
-- segmentation (metrics with ``mIoU``): ``Model | mIoU | defect IoU | ms/img | params``
-  (mmseg-style dataset IoUs, model-call ms per image, parameter count).
+- segmentation: ``Model | mIoU | defect IoU | ms/img | params``
+  (mmseg-style dataset IoUs, model-call ms per image, parameter count);
+- anomaly: ``Model | image AUROC | pixel AUROC | AUPRO | ms/img``.
 
 A metric a model does not report (mAP of a classifier) is ``n/a``.
 
@@ -24,8 +27,8 @@ Small models on small sets vary a lot from run to run; ``--seeds 0 1 2`` trains 
 once per seed (work dirs ``<stem>_seed<N>``), prints the per-run table and then one with
 mean ± sample std per config.
 
-``--cfg-options KEY=VALUE ...`` applies to every config (and is passed on to train.py and
-test.py). A result is only reused when it was made with the same settings: compare writes
+``--cfg-options KEY=VALUE ...`` applies to every config (the training and tools/test.py).
+A result is only reused when it was made with the same settings: compare writes
 ``config_hash`` (SHA-256 of the resolved config, seed included, without the keys in
 HASH_EXCLUDES that do not change a result: work dir, device, data loader workers, logging,
 checkpoint keeping, benchmark settings, test overlays) into every ``metrics.json`` it
@@ -57,16 +60,6 @@ from defectkit.progress import track
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-# (column, metrics.json key, digits); digits None = a parameter count (4.39M)
-COLUMNS = [("mAP", "mAP", 3), ("F1", "f1_macro", 3), ("ATT(ms)", "att_ms", 2),
-           ("ATT_N", "att_normal_ms", 2), ("ATT_D", "att_defective_ms", 2)]
-FAMILY_COLUMNS = {
-    "detection": COLUMNS,
-    "segmentation": [("mIoU", "mIoU", 3), ("defect IoU", "defect_IoU", 3), ("ms/img", "att_ms", 2),
-                     ("params", "params", None)],
-}
-
-
 # dotted keys of a resolved config that do not change a result: where and how fast it runs,
 # what is logged or kept on disk; everything else (model, data, schedule, seed ...) counts
 HASH_EXCLUDES = ("work_dir", "device", "data.num_workers", "train.log_interval", "train.tensorboard",
@@ -74,9 +67,16 @@ HASH_EXCLUDES = ("work_dir", "device", "data.num_workers", "train.log_interval",
                  "train.find_unused_parameters", "benchmark", "evaluation.num_overlays")
 
 
-def family(metrics: dict) -> str:
-    """Which table a result goes to: segmentation when it has mIoU, else detection."""
-    return "segmentation" if "mIoU" in metrics else "detection"
+def columns_of(cfg: dict) -> tuple:
+    """The table columns declared by the evaluator of ``cfg`` (``evaluation.type``)."""
+    import defectkit  # noqa: F401  (registers the evaluators)
+    from defectkit.evaluation.base import table_columns
+    from defectkit.registry import EVALUATORS
+
+    ev_type = (cfg.get("evaluation") or {}).get("type")
+    if ev_type is None or ev_type not in EVALUATORS:
+        return table_columns(None)
+    return table_columns(EVALUATORS.get(ev_type))
 
 
 def parse_args(argv=None):
@@ -87,7 +87,7 @@ def parse_args(argv=None):
                    help="retrain (and test) the configs whose stored checkpoint was trained with other "
                         "settings (default: stop and say which keys differ)")
     p.add_argument("--work-root", default="work_dirs", help="parent of the work dirs (default work_dirs)")
-    p.add_argument("--device", help="passed to tools/train.py and tools/test.py")
+    p.add_argument("--device", help="the training device and tools/test.py's --device")
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="train and test each config once per seed (work dirs <stem>_seed<SEED>) and "
                         "report mean ± std over the seeds, after the per-run table")
@@ -250,8 +250,7 @@ def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None
     opts = ["--cfg-options", *cfg_options] if cfg_options else []
     dev = ["--device", device] if device else []
     if do_train:
-        seed_arg = [] if seed is None else ["--seed", str(seed)]
-        run([PY, ROOT / "tools/train.py", config, "--work-dir", work_dir, *seed_arg, *dev, *opts])
+        train_runs(cfg, work_dir, device)
     if do_test:
         run([PY, ROOT / "tools/test.py", config, *([] if own_weights else [ckpt]),
              "--out-dir", work_dir / "test", *dev, *opts])
@@ -260,12 +259,24 @@ def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None
     metrics = dict(record["metrics"])
     if "params" in record:                     # tools/test.py stores the parameter count
         metrics.setdefault("params", record["params"])
+    metrics["_columns"] = columns_of(cfg)
     return metrics
+
+
+def train_runs(cfg: dict, work_dir: Path, device: str | None) -> None:
+    """Train ``cfg`` (resolved, seed set) into ``work_dir`` with the rounds API: one round
+    whose sub-work-dir is ``work_dir`` (a new run: earlier checkpoints there are replaced)."""
+    from defectkit.engine.rounds import run_rounds
+
+    print(f"\n[compare] training {work_dir.name} in {work_dir}", flush=True)
+    t0 = time.perf_counter()
+    run_rounds(cfg, [{}], work_dir.parent, names=[work_dir.name], device=device)
+    print(f"[compare] trained in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def aggregate(runs: list[dict]) -> dict:
     """Per metric over the seeds' runs: ``{key: (mean, sample std, n)}`` for numeric values."""
-    out = {}
+    out = {"_columns": runs[0]["_columns"]} if "_columns" in runs[0] else {}
     for key in runs[0]:
         vals = [r.get(key) for r in runs]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in vals):
@@ -286,9 +297,8 @@ def fmt(v, digits: int | None) -> str:
     return f"{v:.{digits}f}"
 
 
-def table(rows: list[tuple[str, dict]], columns=None) -> str:
-    """One Markdown table; ``columns`` default to the detection columns."""
-    columns = columns or COLUMNS
+def table(rows: list[tuple[str, dict]], columns) -> str:
+    """One Markdown table of ``rows`` (name, metrics) with ``columns`` (header, key, digits)."""
     head = ["Model"] + [c for c, _, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in rows:
@@ -297,11 +307,13 @@ def table(rows: list[tuple[str, dict]], columns=None) -> str:
 
 
 def tables(rows: list[tuple[str, dict]]) -> str:
-    """One table per family, in the order the families first appear."""
-    groups: dict[str, list] = {}
+    """One table per set of columns (the ``_columns`` its evaluator declared), in the order
+    they first appear."""
+    groups: dict[tuple, list] = {}
     for name, m in rows:
-        groups.setdefault(family(m), []).append((name, m))
-    return "\n\n".join(table(g, FAMILY_COLUMNS[f]) for f, g in groups.items())
+        groups.setdefault(tuple(m["_columns"]), []).append((name, m))
+    return "\n\n".join(table(g, list(cols)) for cols, g in groups.items())
+
 
 
 def main(argv=None):

@@ -13,6 +13,8 @@ sub-work-dir ``work_dir/round_k/`` (own logs, checkpoints, ``latest.pth``). With
 ``init_from_previous`` (default) round k > 0 starts from the final weights of round
 k-1 (its last checkpoint, as ``load_from``: weights only; the optimizer, schedule and
 counters start fresh); a ``load_from`` key in a round's overrides wins.
+``names`` replaces the ``round_<k>`` sub-dir names (e.g. ``["unet_seed0", "unet_seed1"]`` for
+repeated experiments, as ``tools/compare.py --seeds`` does).
 ``resume=True`` continues an interrupted sequence: every round resumes from its
 sub-work-dir's newest checkpoint (a finished round trains nothing more).
 
@@ -29,15 +31,15 @@ from ..config import apply_options
 from .trainer import Trainer, TrainResult
 
 
-def round_dir(work_dir: str | Path, k: int) -> Path:
-    """``work_dir/round_<k>``: the sub-work-dir of round ``k``."""
-    return Path(work_dir) / f"round_{k}"
+def round_dir(work_dir: str | Path, k: int, names: Sequence[str] | None = None) -> Path:
+    """``work_dir/round_<k>`` (or ``work_dir/names[k]``): the sub-work-dir of round ``k``."""
+    return Path(work_dir) / (str(names[k]) if names is not None else f"round_{k}")
 
 
 def run_rounds(cfg: dict, rounds: Sequence[dict], work_dir: str | Path, init_from_previous: bool = True,
                resume: bool = False, seed: int | None = None, device: str | None = None,
                before_round: Callable[[int, dict, TrainResult | None], dict | None] | None = None,
-               trainer_cls: type[Trainer] = Trainer) -> list[TrainResult]:
+               trainer_cls: type[Trainer] = Trainer, names: Sequence[str] | None = None) -> list[TrainResult]:
     """Train ``len(rounds)`` times; returns each round's :class:`TrainResult` in order.
 
     ``cfg``: a resolved config (``load_config``); ``rounds[k]``: dotted-key overrides of
@@ -47,6 +49,10 @@ def run_rounds(cfg: dict, rounds: Sequence[dict], work_dir: str | Path, init_fro
     """
     if not rounds:
         raise ValueError("run_rounds: `rounds` is empty; give one overrides dict per round ({} = unchanged)")
+    if names is not None and (len(names) != len(rounds) or len(set(map(str, names))) != len(names)
+                              or any(not str(n) or Path(str(n)).name != str(n) for n in names)):
+        raise ValueError(f"run_rounds: `names` must be {len(rounds)} distinct folder names (one per "
+                         f"round, no path separators), got {list(names)}")
     results: list[TrainResult] = []
     for k, overrides in enumerate(rounds):
         round_cfg = copy.deepcopy(cfg)
@@ -60,7 +66,7 @@ def run_rounds(cfg: dict, rounds: Sequence[dict], work_dir: str | Path, init_fro
             if previous.last_checkpoint is None:
                 raise RuntimeError(f"round {k}: round {k - 1} saved no checkpoint to start from")
             load_from = previous.last_checkpoint
-        trainer = trainer_cls(round_cfg, work_dir=round_dir(work_dir, k), resume="auto" if resume else None,
+        trainer = trainer_cls(round_cfg, work_dir=round_dir(work_dir, k, names), resume="auto" if resume else None,
                               load_from=load_from, seed=seed, device=device)
         try:
             trainer.logger.info(f"round {k} of {len(rounds)}: overrides {dict(overrides) or 'none'}"

@@ -136,6 +136,8 @@ class AnomalyEvaluator(BaseEvaluator):
     ``num_overlays``: heat-map overlays written by ``save_artifacts`` (defective first)."""
 
     main_metric = "image_auroc"
+    table_columns = (("image AUROC", "image_auroc", 3), ("pixel AUROC", "pixel_auroc", 3),
+                     ("AUPRO", "aupro", 3), ("ms/img", "att_ms", 2))
     greater_is_better = True
 
     def __init__(self, fpr_limit: float = 0.3, num_overlays: int = 8, category: str | None = None,

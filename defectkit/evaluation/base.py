@@ -23,6 +23,10 @@ class BaseEvaluator:
     greater_is_better: bool = True            # direction of main_metric (and of metrics not in the table)
     # {metric: greater_is_better} for the other reported metrics (the ATT timings: lower is better)
     metric_directions: dict[str, bool] = {"att_ms": False, "att_normal_ms": False, "att_defective_ms": False}
+    # tools/compare.py's table: (column header, metrics.json key, digits; None = a parameter
+    # count shown as 4.39M); evaluators with equal columns share one table. Empty: the
+    # main metric and the model-call time
+    table_columns: tuple[tuple[str, str, int | None], ...] = ()
 
     def __init__(self) -> None:
         self.records: list[dict] = []
@@ -74,6 +78,22 @@ class BaseEvaluator:
 
 
 # ---------------------------------------------------------------------- helpers
+# the columns of the image-level families' table (detectors and the classifiers beside them,
+# DefectNet's tables): mAP, image-level macro F1, ATT over all / GT-normal / GT-defective images
+IMAGE_LEVEL_COLUMNS = (("mAP", "mAP", 3), ("F1", "f1_macro", 3), ("ATT(ms)", "att_ms", 2),
+                       ("ATT_N", "att_normal_ms", 2), ("ATT_D", "att_defective_ms", 2))
+
+
+def table_columns(evaluator_cls: Any) -> tuple[tuple[str, str, int | None], ...]:
+    """The comparison-table columns an evaluator class declares (``table_columns``), or its
+    main metric and ``att_ms`` when it declares none."""
+    cols = tuple(getattr(evaluator_cls, "table_columns", ()) or ())
+    if cols:
+        return cols
+    main = getattr(evaluator_cls, "main_metric", "") or "score"
+    return ((main, main, 3), ("ms/img", "att_ms", 2))
+
+
 def metric_greater_is_better(evaluator: Any, metric: str) -> bool:
     """Whether a higher ``metric`` is better, as the evaluator declares it: its
     ``metric_directions`` entry, else its ``greater_is_better`` (the direction of its

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..registry import EVALUATORS
 from ..structures import class_names_for
-from .base import BaseEvaluator, batch_meta, format_table, metric_notes, missing_class_note
+from .base import IMAGE_LEVEL_COLUMNS, BaseEvaluator, batch_meta, format_table, metric_notes, missing_class_note
 
 _AVERAGES = ("macro", "weighted", "micro", "binary")
 
@@ -28,6 +28,7 @@ class ClassificationEvaluator(BaseEvaluator):
             ``weighted``, ``micro`` or ``binary`` (F1 of class 1, e.g. "defective").
     """
 
+    table_columns = IMAGE_LEVEL_COLUMNS        # compared beside the detectors (mAP: n/a)
     greater_is_better = True
 
     def __init__(self, classes: list[str] | None = None, target: str = "is_defective",

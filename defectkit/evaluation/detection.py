@@ -32,7 +32,7 @@ import numpy as np
 
 from ..registry import EVALUATORS
 from ..structures import BINARY_CLASS_NAMES
-from .base import BaseEvaluator, batch_meta, format_table
+from .base import IMAGE_LEVEL_COLUMNS, BaseEvaluator, batch_meta, format_table
 
 # names of COCOeval.stats, in order
 COCO_STAT_NAMES = ["mAP", "AP50", "AP75", "APs", "APm", "APl",
@@ -124,6 +124,7 @@ class DetectionEvaluator(BaseEvaluator):
     main_metric = "mAP"
     greater_is_better = True
     metric_directions = {**BaseEvaluator.metric_directions, "ideal_time": False, "att_ideal_ms": False}
+    table_columns = IMAGE_LEVEL_COLUMNS
 
     def __init__(self, classes: list[str] | None = None, score_thr: float = 0.05,
                  iou_type: str = "bbox", dataset: Any = None, classwise: bool = True):

@@ -93,6 +93,8 @@ class SegmentationEvaluator(BaseEvaluator):
         dataset: the evaluated dataset (given by the trainer / tools; ``resolution: original``).
     """
 
+    table_columns = (("mIoU", "mIoU", 3), ("defect IoU", "defect_IoU", 3), ("ms/img", "att_ms", 2),
+                     ("params", "params", None))
     greater_is_better = True
 
     def __init__(self, classes: list[str] | None = None, protocol: str = "mmseg",
