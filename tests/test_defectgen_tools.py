@@ -1,0 +1,350 @@
+"""Defect-Gen tools: tools/generate.py (the generated-dataset layout and its readers,
+determinism, alignment filter, one-line errors), the generated-dataset writer
+(defectkit/data/formats/generated.py) and tools/synth_utility.py.
+
+The generator here is a fake registered below (``_FakeDefectGenSampler``: the
+``sample(num, seed, batch_size, progress)`` API of DefectGen, sample i drawn from seed
+``seed + i``), so the tests need no trained diffusion model; configs name this module in
+``custom_imports`` so subprocesses register it too."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from defectkit.models.base import BaseModel
+from defectkit.models.generation import PALETTE, GenerationResult
+from defectkit.registry import MODELS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers_tools import ROOT, tool  # noqa: E402
+
+CLASSES = ["hole", "stain"]
+
+
+# ---------------------------------------------------------------------------- fakes
+def _register(obj):
+    if obj.__name__ not in MODELS:
+        MODELS.register(obj=obj)
+    return MODELS.get(obj.__name__)
+
+
+def fake_sample(seed: int, size: int, num_defect: int) -> GenerationResult:
+    """One deterministic (image, mask) pair from ``seed``: noise and 1-3 rectangles."""
+    g = torch.Generator().manual_seed(int(seed))
+    image = torch.rand(3, size, size, generator=g)
+    mask = torch.zeros(size, size, dtype=torch.int64)
+    for _ in range(int(torch.randint(0, 4, (), generator=g))):
+        x, y = (int(v) for v in torch.randint(0, size - 4, (2,), generator=g))
+        w, h = (int(v) for v in torch.randint(1, 8, (2,), generator=g))
+        mask[y:y + h, x:x + w] = int(torch.randint(1, num_defect + 1, (), generator=g))
+    return GenerationResult(image=image, mask=mask, seed=int(seed), stage_seconds={"large": 0.01, "small": 0.02})
+
+
+class _FakeDefectGenSampler(BaseModel):
+    """DefectGen's sampling API without diffusion; loads its own (no) weights."""
+    loads_own_weights = True
+
+    def __init__(self, num_defect: int = 2, classes: list[str] | None = None, size: int = 24,
+                 eta: float = 0.0, num_inference_steps: int = 10, t_switch: int = 400,
+                 mode: str = "two_stage", seed: int = 0):
+        super().__init__()
+        if mode not in ("two_stage", "large_only", "small_only"):
+            raise ValueError(f"mode: {mode!r}")
+        self.num_defect, self.classes, self.size = num_defect, classes, size
+        self.eta, self.num_inference_steps, self.t_switch, self.mode, self.seed = \
+            eta, num_inference_steps, t_switch, mode, seed
+        self.calls: list[tuple[int, int, int]] = []
+
+    def sample(self, num: int, seed: int = 0, batch_size: int = 8, progress=None) -> list[GenerationResult]:
+        self.calls.append((num, seed, batch_size))
+        return [fake_sample(seed + i, self.size, self.num_defect) for i in range(num)]
+
+    def predict(self, batch):
+        return self.sample(len(batch["image"]))
+
+
+class _FakeDefectGenDenoiser(_FakeDefectGenSampler):
+    """One trained denoiser: takes a CHECKPOINT; sampler options in ``sampling``."""
+    loads_own_weights = False
+
+    def __init__(self, num_defect: int = 2, classes: list[str] | None = None, size: int = 24,
+                 sampling: dict | None = None):
+        unknown = sorted(set(sampling or {}) - {"eta", "num_inference_steps", "seed"})
+        if unknown:
+            raise ValueError(f"sampling: unknown key(s) {unknown}")
+        super().__init__(num_defect=num_defect, classes=classes, size=size, **(sampling or {}))
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+
+_FakeDefectGenSampler = _register(_FakeDefectGenSampler)
+_FakeDefectGenDenoiser = _register(_FakeDefectGenDenoiser)
+
+
+def write_config(path: Path, model: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"custom_imports": ["test_defectgen_tools"], "model": model,
+                                    "device": "cpu"}))
+    return path
+
+
+@pytest.fixture
+def sampler_cfg(tmp_path):
+    return write_config(tmp_path / "fake_gen.yaml", {"type": "_FakeDefectGenSampler", "classes": CLASSES})
+
+
+@pytest.fixture(scope="module")
+def generate():
+    return tool("generate")
+
+
+def run_generate(generate, *argv) -> dict:
+    assert generate.main([str(a) for a in argv]) == 0
+    out = Path(argv[argv.index("--out") + 1])
+    return json.loads((out / "generation.json").read_text())
+
+
+def png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+# ---------------------------------------------------------------------------- the writer
+def test_components_of_a_hand_made_mask_are_the_coco_boxes_and_polygons():
+    from pycocotools import mask as mask_utils
+
+    from defectkit.data.formats.generated import mask_components
+
+    m = np.zeros((12, 16), np.int64)
+    m[1:3, 1:4] = 1                 # class 1: a 3x2 block ...
+    m[3, 4] = 1                     # ... and a pixel touching it diagonally: one 8-connected component
+    m[8:11, 2] = 1                  # class 1: a vertical 1-px line
+    m[5:9, 8:13] = 2                # class 2: a block with a hole
+    m[6, 10] = 0
+    m[5:7, 13] = 1                  # class 1 touching the class-2 block: its own component
+    m[0, 15] = 2                    # class 2: a single pixel
+    comps = mask_components(m, 2)
+    got = [(c["category_id"], c["box"], c["area"]) for c in comps]
+    assert got == [(1, (1, 1, 5, 4), 7), (1, (13, 5, 14, 7), 2), (1, (2, 8, 3, 11), 3),
+                   (2, (15, 0, 16, 1), 1), (2, (8, 5, 13, 9), 19)]
+    for c in comps:                 # the edge polygon is exactly the component (holes filled)
+        lab, _ = ndimage.label(m == c["category_id"], structure=np.ones((3, 3)))
+        x0, y0, x1, y1 = c["box"]
+        k = lab[y0:y1, x0:x1].max()
+        comp = ndimage.binary_fill_holes(lab == k)
+        flat = [float(v) for xy in c["edge_polygon"] for v in xy]
+        decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([flat], 12, 16))).astype(bool)
+        assert (decoded == comp).all(), c
+
+
+def test_labelme_points_rasterise_to_the_component_by_the_labelme_rule():
+    from PIL import ImageDraw
+
+    from defectkit.data.formats.generated import mask_components
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        m = (rng.random((20, 20)) < 0.4).astype(np.int64)
+        lab, _ = ndimage.label(m == 1, structure=np.ones((3, 3)))
+        objects = ndimage.find_objects(lab)
+        for c in mask_components(m, 1):
+            x0, y0, x1, y1 = c["box"]
+            j = [j for j, sl in enumerate(objects, 1)
+                 if sl == (slice(y0, y1), slice(x0, x1)) and (lab == j).sum() == c["area"]][0]
+            comp = ndimage.binary_fill_holes(lab == j)
+            img = Image.new("L", (20, 20))
+            ImageDraw.Draw(img).polygon([tuple(p) for p in c["labelme_points"]], fill=1, outline=1)
+            assert (np.asarray(img).astype(bool) == comp).all()
+            xs, ys = [p[0] for p in c["labelme_points"]], [p[1] for p in c["labelme_points"]]
+            assert len(xs) >= 3 and max(xs) > min(xs) and max(ys) > min(ys)   # a valid LabelMe box
+
+
+def test_writer_refuses_a_folder_with_other_files(tmp_path):
+    from defectkit.data.formats.generated import GeneratedDatasetWriter, GeneratedOutputError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(GeneratedOutputError, match="notes.txt"):
+        GeneratedDatasetWriter(tmp_path, CLASSES, lambda m: Image.new("RGB", (1, 1)), 3)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------- generate
+def test_generate_writes_the_layout_readable_by_the_datasets(generate, sampler_cfg, tmp_path):
+    from defectkit.data.datasets import CocoDataset, LabelMeDataset, MaskFolderDataset
+
+    out = tmp_path / "gen"
+    rec = run_generate(generate, sampler_cfg, "--num", 7, "--out", out, "--batch-size", 3, "--seed", 5)
+    names = [f"{i:05d}.png" for i in range(7)]
+    for d in ("images", "masks", "masks_converted_dir"):
+        assert sorted(p.name for p in (out / d).iterdir()) == names
+    assert sorted(p.name for p in (out / "labelme").iterdir()) == [n.replace(".png", ".json") for n in names]
+
+    coco = json.loads((out / "coco.json").read_text())
+    assert [c["id"] for c in coco["categories"]] == [1, 2]
+    assert [c["name"] for c in coco["categories"]] == CLASSES
+    assert len(coco["images"]) == 7
+    palette = np.asarray(PALETTE, np.uint8)
+    for i, name in enumerate(names):
+        index = png(out / "masks_converted_dir" / name)
+        colour = png(out / "masks" / name)
+        assert index.dtype == np.uint8 and index.ndim == 2 and colour.shape == index.shape + (3,)
+        assert (colour == palette[index]).all()                   # colour and index masks agree
+        expect = fake_sample(5 + i, 24, 2)
+        assert (index == expect.mask.numpy()).all()               # sample i is seed 5 + i
+        assert (png(out / "images" / name) == np.asarray(expect.image_pil())).all()
+        # COCO boxes = the 8-connected components of each class of the index mask
+        boxes = []
+        for k in (1, 2):
+            lab, _ = ndimage.label(index == k, structure=np.ones((3, 3)))
+            boxes += [(k, [s[1].start, s[0].start, s[1].stop - s[1].start, s[0].stop - s[0].start])
+                      for s in ndimage.find_objects(lab)]
+        anns = [(a["category_id"], a["bbox"]) for a in coco["annotations"] if a["image_id"] == i + 1]
+        assert sorted(anns) == sorted(boxes)
+
+    assert rec["count"] == 7 and rec["num_requested"] == 7 and rec["filtered"] == 0
+    assert rec["seeds"] == list(range(5, 12)) and [s["seed"] for s in rec["samples"]] == list(range(5, 12))
+    assert rec["classes"] == CLASSES and rec["model"] == "_FakeDefectGenSampler"
+    assert (rec["steps"], rec["eta"], rec["t_switch"], rec["mode"]) == (10, 0.0, 400, "two_stage")
+    assert rec["stage_seconds"] == pytest.approx({"large": 0.07, "small": 0.14})
+    assert rec["total_seconds"] > 0 and rec["versions"]["torch"] == torch.__version__
+    assert "diffusers" in rec["versions"] and rec["config"]["model"]["type"] == "_FakeDefectGenSampler"
+
+    # the three project readers, with the real dataset classes
+    mf = MaskFolderDataset(img_dir=str(out / "images"), mask_dir=str(out / "masks_converted_dir"), classes=CLASSES)
+    cc = CocoDataset(ann_file=str(out / "coco.json"), img_dir=str(out / "images"))
+    lm = LabelMeDataset(ann_dir=str(out / "labelme"), img_dir=str(out / "images"), classes=CLASSES)
+    assert len(mf) == len(cc) == len(lm) == 7
+    assert cc.classes == CLASSES
+    for i in range(7):
+        index = torch.from_numpy(png(out / "masks_converted_dir" / names[i]).astype(np.int64))
+        s_mf, s_lm, s_cc = mf[i], lm[i], cc[i]
+        assert torch.equal(s_mf["mask"], index)
+        assert torch.equal(s_lm["mask"], index)   # rectangles have no holes: LabelMe polygons are exact
+        assert int(s_cc["is_defective"]) == int(index.max() > 0) == int(s_mf["is_defective"])
+        assert len(s_cc["boxes"]) == len(s_lm["boxes"])
+
+
+def test_generate_is_deterministic_for_a_seed_whatever_the_batch_size(generate, sampler_cfg, tmp_path):
+    outs = []
+    for b in (1, 3, 8):
+        out = tmp_path / f"b{b}"
+        run_generate(generate, sampler_cfg, "--num", 5, "--out", out, "--batch-size", b, "--seed", 2)
+        outs.append(out)
+    files = [sorted(p.relative_to(o) for p in o.rglob("*") if p.is_file() and p.name != "generation.json")
+             for o in outs]
+    assert files[0] == files[1] == files[2] and len(files[0]) == 5 * 4 + 1
+    for rel in files[0]:
+        data = [(o / rel).read_bytes() for o in outs]
+        assert data[0] == data[1] == data[2], rel
+    other = tmp_path / "seed3"
+    run_generate(generate, sampler_cfg, "--num", 5, "--out", other, "--seed", 3)
+    # seed 3 is seed 2 shifted by one sample
+    assert (other / "images" / "00000.png").read_bytes() == (outs[0] / "images" / "00001.png").read_bytes()
+    assert (other / "images" / "00000.png").read_bytes() != (outs[0] / "images" / "00000.png").read_bytes()
+
+
+def test_sampler_flags_reach_the_model_config(generate, sampler_cfg, tmp_path):
+    rec = run_generate(generate, sampler_cfg, "--num", 2, "--out", tmp_path / "g", "--eta", 0.5, "--steps", 7,
+                       "--t-switch", 250, "--mode", "large_only", "--cfg-options", "model.eta=0.1", "model.seed=9")
+    model = rec["config"]["model"]
+    assert (model["eta"], model["num_inference_steps"], model["t_switch"], model["mode"]) == (0.5, 7, 250, "large_only")
+    assert (rec["eta"], rec["steps"], rec["t_switch"], rec["mode"]) == (0.5, 7, 250, "large_only")
+    assert rec["seed"] == 9 and rec["seeds"] == [9, 10]      # the config's seed when --seed is not given
+
+
+def test_a_denoiser_config_takes_one_checkpoint_and_its_sampling_keys(generate, tmp_path):
+    from defectkit.config import ConfigError
+    from defectkit.engine.checkpoint import save_checkpoint
+
+    cfg = write_config(tmp_path / "den.yaml", {"type": "_FakeDefectGenDenoiser", "classes": CLASSES})
+    ckpt = save_checkpoint({"state_dict": {"weight": torch.zeros(1)}, "meta": {"classes": CLASSES}},
+                           tmp_path / "den.pth")
+    rec = run_generate(generate, cfg, ckpt, "--num", 2, "--out", tmp_path / "g", "--eta", 1.0, "--steps", 4)
+    assert rec["config"]["model"]["sampling"] == {"eta": 1.0, "num_inference_steps": 4}
+    assert (rec["eta"], rec["steps"], rec["weights"]) == (1.0, 4, "raw")
+    with pytest.raises(ConfigError, match=r"_FakeDefectGenDenoiser.*sampling: unknown key\(s\) \['t_switch'\]"):
+        generate.main([str(cfg), str(ckpt), "--num", "1", "--out", str(tmp_path / "h"), "--t-switch", "300"])
+    with pytest.raises(ConfigError, match="--eta: model UNet has no `eta` option"):
+        generate.flag_options({"type": "UNet"}, {"eta": 0.5})
+    with pytest.raises(ConfigError, match="exactly one CHECKPOINT"):
+        generate.main([str(cfg), "--num", "1", "--out", str(tmp_path / "h")])
+
+
+def test_filter_alignment_drops_pairs_below_the_threshold(generate, sampler_cfg, tmp_path, monkeypatch):
+    calls = {}
+
+    def load_alignment_segmenter(config, checkpoint, device):
+        calls["load"] = (config, checkpoint, str(device))
+        return "segmenter"
+
+    def alignment_scores(segmenter, images01, masks):
+        assert segmenter == "segmenter" and images01.dtype == torch.float32 and images01.ndim == 4
+        assert masks.dtype == torch.int64 and masks.shape == images01.shape[:1] + images01.shape[2:]
+        # sample with an odd number of defect pixels: poorly aligned
+        return [0.1 if int((m > 0).sum()) % 2 else 0.9 for m in masks]
+
+    fake = types.ModuleType("defectkit.evaluation.generation")
+    fake.load_alignment_segmenter, fake.alignment_scores = load_alignment_segmenter, alignment_scores
+    monkeypatch.setitem(sys.modules, "defectkit.evaluation.generation", fake)
+    import defectkit.evaluation as ev
+    monkeypatch.setattr(ev, "generation", fake, raising=False)
+
+    out = tmp_path / "g"
+    rec = run_generate(generate, sampler_cfg, "--num", 8, "--out", out, "--batch-size", 3,
+                       "--filter-alignment", 0.5, "--seg-config", "seg.yaml", "--seg-checkpoint", "seg.pth")
+    bad = [s for s in range(8) if int((fake_sample(s, 24, 2).mask > 0).sum()) % 2]
+    assert 0 < len(bad) < 8                                   # the fake data exercise both sides
+    assert calls["load"] == ("seg.yaml", "seg.pth", "cpu")
+    assert rec["filtered"] == len(bad) and rec["count"] == 8 - len(bad)
+    assert [d["seed"] for d in rec["filter"]["dropped"]] == bad
+    assert [s["seed"] for s in rec["samples"]] == [s for s in range(8) if s not in bad]
+    assert all(s["alignment_iou"] == 0.9 for s in rec["samples"])
+    assert len(list((out / "images").iterdir())) == 8 - len(bad)
+    coco = json.loads((out / "coco.json").read_text())
+    assert len(coco["images"]) == 8 - len(bad)
+    with pytest.raises(SystemExit, match="needs --seg-config and --seg-checkpoint"):
+        generate.main([str(sampler_cfg), "--num", "1", "--out", str(tmp_path / "h"), "--filter-alignment", "0.5"])
+
+
+def test_generate_refuses_an_output_folder_with_other_files(generate, sampler_cfg, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit, match="is not empty and does not hold a generated dataset"):
+        generate.main([str(sampler_cfg), "--num", "1", "--out", str(out)])
+    run_generate(generate, sampler_cfg, "--num", 2, "--out", tmp_path / "again")
+    run_generate(generate, sampler_cfg, "--num", 1, "--out", tmp_path / "again")   # an earlier output: replaced
+    assert len(list((tmp_path / "again" / "images").iterdir())) == 1
+
+
+def test_generate_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """A missing checkpoint (as a program, in a subprocess) and a missing config (through
+    run_main in this process) end in ONE ``<kind> error: ...`` line and exit status 2."""
+    generate = tool("generate")            # puts tools/ on sys.path
+    from _common import run_main
+
+    cfg = write_config(tmp_path / "den.yaml", {"type": "_FakeDefectGenDenoiser", "classes": CLASSES})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent), "OMP_NUM_THREADS": "1"}
+    env.pop("DEFECTKIT_DEBUG", None)
+    p = subprocess.run([sys.executable, str(ROOT / "tools/generate.py"), str(cfg), str(tmp_path / "missing.pth"),
+                        "--num", "1", "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("checkpoint error: "), p.stderr
+    assert "missing.pth" in lines[0]
+
+    monkeypatch.delenv("DEFECTKIT_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["generate.py", str(tmp_path / "nope.yaml"), "--num", "1", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as e:
+        run_main(generate.main)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("config error: ") and "nope.yaml" in lines[0]
