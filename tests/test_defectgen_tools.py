@@ -348,3 +348,60 @@ def test_generate_errors_are_one_line(tmp_path, capsys, monkeypatch):
         run_main(generate.main)
     lines = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("config error: ") and "nope.yaml" in lines[0]
+
+
+# ---------------------------------------------------------------------------- synth_utility
+def test_synth_utility_trains_real_and_mixed_runs_and_reuses_them(generate, tmp_path, capsys):
+    import yaml
+
+    from defectkit.data.synth import generate as make_synth
+
+    real = tmp_path / "real"
+    make_synth("demo", real, num_images=10, size=(32, 32), seed=0, workers=1)
+    gen_cfg = write_config(tmp_path / "gen.yaml", {"type": "_FakeDefectGenSampler", "classes": CLASSES, "size": 32})
+    run_generate(generate, gen_cfg, "--num", 6, "--out", tmp_path / "gen")
+
+    def split(name):
+        return {"type": "MaskFolderDataset", "img_dir": str(real / "images"), "mask_dir": str(real / "masks"),
+                "classes": CLASSES, "split_file": str(real / "voc/ImageSets/Main" / f"{name}.txt"),
+                "pipeline": [{"type": "Resize", "scale": [32, 32], "keep_ratio": False}]}
+
+    seg = tmp_path / "seg.yaml"
+    seg.write_text(yaml.safe_dump({
+        "model": {"type": "UNet", "base_channels": 4, "depth": 2},
+        "data": {"train": split("train"), "test": split("test"), "batch_size": 2, "num_workers": 0},
+        "optimizer": {"type": "Adam", "lr": 0.001},
+        "train": {"max_iters": 2, "val_interval": 0, "checkpoint_interval": 2, "log_interval": 1,
+                  "save_best": None, "progress": False},
+        "evaluation": {"type": "SegmentationEvaluator", "protocol": "mmseg"},
+        "device": "cpu"}))
+    work = tmp_path / "utility"
+    synth_utility = tool("synth_utility")
+    argv = [str(seg), "--generated", str(tmp_path / "gen"), "--ratios", "0", "1", "--seeds", "0",
+            "--work-dir", str(work)]
+    assert synth_utility.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| ratio | runs | train samples | defect IoU (%)" in out
+
+    res = json.loads((work / "utility.json").read_text())
+    runs = {r["ratio"]: r for r in res["runs"]}
+    n_real = len((real / "voc/ImageSets/Main/train.txt").read_text().split())
+    assert runs[0]["train_samples"] == n_real and runs[0]["generated_samples"] == 0
+    assert runs[1]["train_samples"] == 2 * n_real and runs[1]["generated_samples"] == n_real   # the mixed run saw more
+    for r in runs.values():
+        assert 0.0 <= r["metrics"]["defect_IoU"] <= 1.0 and 0.0 <= r["metrics"]["mIoU"] <= 1.0
+    log = next((work / "ratio1_seed0" / "round_0").rglob("*.log")).read_text()
+    assert f"train set: {2 * n_real} samples" in log
+    with open(work / "utility.csv") as f:
+        rows = list(__import__("csv").DictReader(f))
+    assert [float(r["ratio"]) for r in rows] == [0.0, 1.0]
+    assert float(rows[1]["defect_IoU_mean"]) == pytest.approx(runs[1]["metrics"]["defect_IoU"], abs=1e-6)
+    with Image.open(work / "utility.png") as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+
+    # same settings: both runs are reused, nothing trains
+    assert synth_utility.main(argv) == 0
+    assert capsys.readouterr().out.count("reusing") == 2
+    # other settings in the same work dir: one line naming the key, unless --retrain
+    with pytest.raises(SystemExit, match="optimizer.lr"):
+        synth_utility.main(argv + ["--cfg-options", "optimizer.lr=0.01"])
