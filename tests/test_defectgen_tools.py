@@ -103,6 +103,15 @@ def sampler_cfg(tmp_path):
     return write_config(tmp_path / "fake_gen.yaml", {"type": "_FakeDefectGenSampler", "classes": CLASSES})
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny models are slower with two on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def generate():
     return tool("generate")
@@ -405,3 +414,73 @@ def test_synth_utility_trains_real_and_mixed_runs_and_reuses_them(generate, tmp_
     # other settings in the same work dir: one line naming the key, unless --retrain
     with pytest.raises(SystemExit, match="optimizer.lr"):
         synth_utility.main(argv + ["--cfg-options", "optimizer.lr=0.01"])
+
+
+# ---------------------------------------------------------------------------- the real tiny models
+TINY_LARGE = {"type": "DiffusionDenoiser", "num_defect": 2, "classes": CLASSES,
+              "denoiser": {"type": "ADMUNet", "in_channels": 6, "image_size": 16, "model_channels": 16,
+                           "channel_mult": [1, 2], "num_res_blocks": 1, "attention_downsample": [2],
+                           "num_head_channels": 8, "norm_num_groups": 8}}
+TINY_SMALL = {"type": "DiffusionDenoiser", "num_defect": 2, "classes": CLASSES,
+              "denoiser": {"type": "SinDiffusionUNet", "in_channels": 6, "model_channels": 8, "channel_mult": [1, 2],
+                           "num_res_blocks": 1, "norm_num_groups": 8, "image_size": 16}}
+
+
+def random_checkpoint(part: dict, path: Path, seed: int) -> Path:
+    """A checkpoint of ``part`` with every weight drawn at random (the built model's output
+    layers start at zero, which would make every sample the same grey image)."""
+    from defectkit.engine.builders import build_model
+    from defectkit.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = build_model(part)
+    state = {k: (0.3 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    return save_checkpoint({"state_dict": state, "meta": {"classes": CLASSES}}, path)
+
+
+def test_real_two_stage_model_flags_and_determinism(generate, tmp_path):
+    """DefectGen with tiny random-weight parts given as CHECKPOINTs (large, small): the flags
+    reach its sampler, and the files do not depend on the batch size (eta > 0: the
+    per-sample noise is seeded too)."""
+    cfg = write_config(tmp_path / "two_stage.yaml", {"type": "DefectGen", "large": TINY_LARGE, "small": TINY_SMALL,
+                                                     "classes": CLASSES, "image_size": 16, "num_inference_steps": 20})
+    ckpts = [random_checkpoint(TINY_LARGE, tmp_path / "large.pth", 0),
+             random_checkpoint(TINY_SMALL, tmp_path / "small.pth", 1)]
+    flags = ["--steps", 4, "--eta", 0.5, "--t-switch", 500, "--mode", "two_stage", "--seed", 3]
+    recs = [run_generate(generate, cfg, *ckpts, "--num", 4, "--out", tmp_path / f"b{b}", "--batch-size", b, *flags)
+            for b in (1, 3)]
+    rec = recs[0]
+    assert (rec["steps"], rec["eta"], rec["t_switch"], rec["mode"]) == (4, 0.5, 500, "two_stage")
+    assert rec["config"]["model"]["large_checkpoint"] == str(ckpts[0])
+    assert rec["config"]["model"]["small_checkpoint"] == str(ckpts[1])
+    assert rec["sampler"]["compat_repo_sampling"] is False and rec["seeds"] == [3, 4, 5, 6]
+    assert set(rec["stage_seconds"]) == {"large", "small"} and rec["weights"] == {"large": "raw", "small": "raw"}
+    for i in range(4):
+        a, b = (png(tmp_path / f"b{bs}" / "images" / f"{i:05d}.png").astype(int) for bs in (1, 3))
+        assert np.abs(a - b).max() <= 1          # float sums may differ in the last bit between batch sizes
+        ma, mb = (png(tmp_path / f"b{bs}" / "masks_converted_dir" / f"{i:05d}.png") for bs in (1, 3))
+        assert (ma == mb).all() and ma.max() <= 2
+    a0 = png(tmp_path / "b1" / "images" / "00000.png").astype(int)
+    assert np.abs(a0 - png(tmp_path / "b1" / "images" / "00001.png").astype(int)).max() > 10   # seeds differ
+    # CHECKPOINTs must name every part
+    from defectkit.config import ConfigError
+    with pytest.raises(ConfigError, match="large_checkpoint, small_checkpoint"):
+        generate.main([str(cfg), str(ckpts[0]), "--num", "1", "--out", str(tmp_path / "x")])
+
+
+def test_real_denoiser_with_its_checkpoint_samples_the_ema_weights(generate, tmp_path):
+    from defectkit.engine.builders import build_model
+    from defectkit.engine.checkpoint import save_checkpoint
+
+    model = build_model(TINY_SMALL)
+    ema = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    ckpt = save_checkpoint({"state_dict": model.state_dict(), "ema": {"state_dict": ema},
+                            "meta": {"classes": CLASSES}}, tmp_path / "small.pth")
+    cfg = write_config(tmp_path / "small.yaml", TINY_SMALL)
+    rec = run_generate(generate, cfg, ckpt, "--num", 2, "--out", tmp_path / "ema", "--steps", 2, "--eta", 1.0)
+    raw = run_generate(generate, cfg, ckpt, "--num", 2, "--out", tmp_path / "raw", "--steps", 2, "--eta", 1.0,
+                       "--no-ema")
+    assert (rec["weights"], raw["weights"]) == ("ema", "raw")
+    assert (rec["steps"], rec["eta"], rec["config"]["model"]["sampling"]) == (2, 1.0, {"num_inference_steps": 2, "eta": 1.0})
+    assert list(rec["stage_seconds"]) == ["small"]
+    assert (tmp_path / "ema/images/00000.png").read_bytes() != (tmp_path / "raw/images/00000.png").read_bytes()

@@ -140,24 +140,65 @@ def checkpoint_options(model_cfg: dict, checkpoints: list[str]) -> tuple[dict, s
     return {}, checkpoints[0]
 
 
-def model_setting(model, model_cfg: dict, key: str):
-    """The value of sampler setting ``key`` the model runs with: its attribute, else the
-    config's ``key`` / ``sampling.key``, else the constructor default (None if unknown)."""
-    v = getattr(model, key, None)
-    if isinstance(v, (int, float, str, bool)):
-        return v
-    if key in model_cfg:
-        return model_cfg[key]
-    sampling = model_cfg.get("sampling") or {}
-    if isinstance(sampling, dict) and key in sampling:
-        return sampling[key]
-    for obj in (getattr(model, "sampling", None),):
-        if isinstance(obj, dict) and key in obj:
-            return obj[key]
-    p = constructor_params(model_cfg["type"]).get(key)
-    if p is not None and p.default is not inspect.Parameter.empty:
-        return p.default
-    return None
+def sampler_settings(model, model_cfg: dict) -> dict:
+    """The sampler settings (SAMPLER_KEYS) the model runs with: its ``sampler_options()``
+    when it has one (DefectGen), else the attributes of its ``sampling`` options (a
+    denoiser alone), else its config; None where none of them says."""
+    opts = model.sampler_options() if callable(getattr(model, "sampler_options", None)) else {}
+    sampling = getattr(model, "sampling", None)
+    cfg_sampling = model_cfg.get("sampling") if isinstance(model_cfg.get("sampling"), dict) else {}
+    out = {}
+    for key in SAMPLER_KEYS:
+        if key in opts:
+            out[key] = opts[key]
+        elif sampling is not None and isinstance(getattr(sampling, key, None), (int, float, str, bool)):
+            out[key] = getattr(sampling, key)
+        elif isinstance(getattr(model, key, None), (int, float, str, bool)):
+            out[key] = getattr(model, key)
+        elif key in model_cfg:
+            out[key] = model_cfg[key]
+        else:
+            out[key] = cfg_sampling.get(key)
+    return out
+
+
+def steps_per_batch(settings: dict) -> int | None:
+    """Denoiser calls per ``sample`` call (the progress bar's unit), from the sampler
+    settings (``count_steps``); None when unknown."""
+    from defectkit.models.generation.diffusion import count_steps
+
+    if not settings.get("num_inference_steps"):
+        return None
+    try:
+        return sum(count_steps(int(settings["num_inference_steps"]), mode=settings.get("mode") or "large_only",
+                               t_switch=int(settings.get("t_switch") or 400),
+                               compat_repo_sampling=bool(settings.get("compat_repo_sampling"))).values())
+    except (TypeError, ValueError):
+        return None
+
+
+class StepProgress:
+    """``progress(n)`` callback of ``model.sample``: the denoiser steps of the whole run on
+    ``defectkit.progress.track`` (tqdm with rate and ETA on a terminal, a plain line every
+    10 s otherwise; without a known total: steps and elapsed time)."""
+
+    def __init__(self, total: int | None, desc: str):
+        import itertools
+
+        from defectkit.progress import track
+
+        self.total = total
+        self._it = iter(track(range(total) if total else itertools.count(), total=total, desc=desc, unit="step"))
+
+    def __call__(self, n: int = 1) -> None:
+        for _ in range(int(n)):
+            next(self._it, None)
+
+    def close(self) -> None:
+        if self.total:
+            for _ in self._it:      # ends the bar (and prints the closing line)
+                pass
+        self._it = iter(())
 
 
 def default_seed(model_cfg: dict) -> int:
@@ -214,7 +255,6 @@ def main(argv=None):
     from defectkit.data.formats.generated import GeneratedDatasetWriter, GeneratedOutputError
     from defectkit.engine import init_model, resolve_device
     from defectkit.models.generation import PALETTE, colour_mask
-    from defectkit.progress import track
 
     if not isinstance(cfg.get("model"), dict) or "type" not in cfg["model"]:
         sys.exit(f"config error: {args.config}: no `model` section with a `type`")
@@ -229,21 +269,27 @@ def main(argv=None):
     seed = args.seed if args.seed is not None else default_seed(cfg["model"])
     device = resolve_device(args.device or cfg.get("device"))
 
-    segmenter = None
-    if args.filter_alignment is not None:
-        from defectkit.evaluation.generation import load_alignment_segmenter
-
-        segmenter = load_alignment_segmenter(args.seg_config, args.seg_checkpoint, device)
-
     t_load = time.perf_counter()
     model, meta = init_model(cfg, checkpoint, device, use_ema=not args.no_ema)
     load_s = time.perf_counter() - t_load
     classes = model_classes(model, meta, cfg)
+    segmenter = None
+    if args.filter_alignment is not None:
+        from defectkit.evaluation.generation import load_alignment_segmenter
+
+        try:
+            segmenter = load_alignment_segmenter(args.seg_config, args.seg_checkpoint, device)
+        except ValueError as e:
+            sys.exit(f"generate: --seg-config/--seg-checkpoint: {e}")
+        seg_classes = getattr(segmenter, "classes", None)
+        if seg_classes and list(seg_classes) != classes:
+            sys.exit(f"generate: the segmenter's classes {list(seg_classes)} differ from the generated "
+                     f"classes {classes} (mask values are compared by index)")
     try:
         writer = GeneratedDatasetWriter(args.out, classes, colour_mask, args.num)
     except GeneratedOutputError as e:
         sys.exit(f"generate: {e}")
-    sampler = {k: model_setting(model, cfg["model"], k) for k in SAMPLER_KEYS}
+    sampler = sampler_settings(model, cfg["model"])
     shown = ", ".join(f"{k} {v}" for k, v in sampler.items() if v is not None)
     print(f"generating {args.num} samples with {cfg['model']['type']} ({shown}; seeds {seed}..{seed + args.num - 1}, "
           f"batch {args.batch_size}, device {device}) into {args.out}", flush=True)
@@ -251,13 +297,15 @@ def main(argv=None):
     stage_seconds: dict[str, float] = {}
     dropped = []
     starts = list(range(0, args.num, args.batch_size))
+    per_batch = steps_per_batch(sampler)
+    progress = StepProgress(per_batch * len(starts) if per_batch else None, "generate")
     t0 = time.perf_counter()
     sample_s = align_s = 0.0
-    for start in track(starts, desc="generate", unit="batch"):
+    for start in starts:
         n = min(args.batch_size, args.num - start)
         ts = time.perf_counter()
         with torch.inference_mode():
-            results = model.sample(n, seed=seed + start, batch_size=n)
+            results = model.sample(n, seed=seed + start, batch_size=n, progress=progress)
         sample_s += time.perf_counter() - ts
         scores = [None] * len(results)
         if segmenter is not None:
@@ -278,6 +326,7 @@ def main(argv=None):
             if score is not None:
                 info["alignment_iou"] = score
             writer.add(np.asarray(r.image_pil()), r.mask.cpu().numpy(), info)
+    progress.close()
     total_s = time.perf_counter() - t0
 
     resolved = copy.deepcopy(cfg)
@@ -286,7 +335,7 @@ def main(argv=None):
         "command": " ".join(["tools/generate.py"] + list(sys.argv[1:] if argv is None else argv)),
         "config_file": str(args.config),
         "checkpoints": list(args.checkpoints),
-        "weights": meta.get("weights"),
+        "weights": getattr(model, "weights_source", None) or meta.get("weights"),
         "model": cfg["model"]["type"],
         "config": resolved,
         "seed": seed,
