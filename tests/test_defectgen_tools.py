@@ -399,7 +399,7 @@ def test_synth_utility_trains_real_and_mixed_runs_and_reuses_them(generate, tmp_
     assert runs[1]["train_samples"] == 2 * n_real and runs[1]["generated_samples"] == n_real   # the mixed run saw more
     for r in runs.values():
         assert 0.0 <= r["metrics"]["defect_IoU"] <= 1.0 and 0.0 <= r["metrics"]["mIoU"] <= 1.0
-    log = next((work / "ratio1_seed0" / "round_0").rglob("*.log")).read_text()
+    log = next((work / "ratio1_seed0").rglob("*.log")).read_text()
     assert f"train set: {2 * n_real} samples" in log
     with open(work / "utility.csv") as f:
         rows = list(__import__("csv").DictReader(f))
@@ -414,6 +414,17 @@ def test_synth_utility_trains_real_and_mixed_runs_and_reuses_them(generate, tmp_
     # other settings in the same work dir: one line naming the key, unless --retrain
     with pytest.raises(SystemExit, match="optimizer.lr"):
         synth_utility.main(argv + ["--cfg-options", "optimizer.lr=0.01"])
+    # a trained run whose test did not finish: resumed (nothing left to train) and tested
+    (work / "ratio0_seed0" / "utility_run.json").unlink()
+    ckpts = sorted(p.name for p in (work / "ratio0_seed0").glob("*.pth"))
+    assert synth_utility.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ratio 0, seed 0: resuming" in out and out.count("reusing") == 1
+    assert sorted(p.name for p in (work / "ratio0_seed0").glob("*.pth")) == ckpts
+    # --retrain: the runs made with other settings are trained again
+    assert synth_utility.main(argv + ["--retrain", "--cfg-options", "optimizer.lr=0.01"]) == 0
+    assert capsys.readouterr().out.count("retraining") == 2
+    assert json.loads((work / "utility.json").read_text())["runs"][0]["config_hash"] != runs[0]["config_hash"]
 
 
 # ---------------------------------------------------------------------------- the real tiny models
@@ -484,3 +495,35 @@ def test_real_denoiser_with_its_checkpoint_samples_the_ema_weights(generate, tmp
     assert (rec["steps"], rec["eta"], rec["config"]["model"]["sampling"]) == (2, 1.0, {"num_inference_steps": 2, "eta": 1.0})
     assert list(rec["stage_seconds"]) == ["small"]
     assert (tmp_path / "ema/images/00000.png").read_bytes() != (tmp_path / "raw/images/00000.png").read_bytes()
+
+
+def test_filter_alignment_with_a_real_segmenter_checkpoint(generate, sampler_cfg, tmp_path):
+    """The eval helper's segmenter loader and scores: every pair is scored, pairs below THR
+    are dropped, the rest kept; a segmenter of other classes is refused in one line."""
+    import yaml
+
+    from defectkit.engine.builders import build_model
+    from defectkit.engine.checkpoint import save_checkpoint
+
+    def seg_files(classes, name):
+        test = {"type": "MaskFolderDataset", "img_dir": "unused", "mask_dir": "unused", "classes": classes,
+                "pipeline": [{"type": "Resize", "scale": [24, 24], "keep_ratio": False}]}
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({"model": {"type": "UNet", "base_channels": 4, "depth": 2},
+                                       "data": {"test": test}}))
+        torch.manual_seed(0)
+        model = build_model({"type": "UNet", "base_channels": 4, "depth": 2}, classes)
+        ckpt = save_checkpoint({"state_dict": model.state_dict(), "meta": {"classes": classes}}, tmp_path / f"{name}.pth")
+        return str(cfg), str(ckpt)
+
+    cfg, ckpt = seg_files(CLASSES, "seg")
+    rec = run_generate(generate, sampler_cfg, "--num", 6, "--out", tmp_path / "g", "--filter-alignment", 0.5,
+                       "--seg-config", cfg, "--seg-checkpoint", ckpt)
+    kept = [s["alignment_iou"] for s in rec["samples"]]
+    dropped = [d["alignment_iou"] for d in rec["filter"]["dropped"]]
+    assert len(kept) + len(dropped) == 6 and rec["filtered"] == len(dropped) and rec["count"] == len(kept)
+    assert all(0.5 <= v <= 1.0 for v in kept) and all(0.0 <= v < 0.5 for v in dropped)
+    cfg, ckpt = seg_files(["a", "b"], "other")
+    with pytest.raises(SystemExit, match=r"segmenter's classes \['a', 'b'\] differ"):
+        generate.main([str(sampler_cfg), "--num", "1", "--out", str(tmp_path / "h"), "--filter-alignment", "0.5",
+                       "--seg-config", cfg, "--seg-checkpoint", ckpt])

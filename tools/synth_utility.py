@@ -15,8 +15,8 @@ Ratio 0 trains it as it is (real only); ratio r > 0 replaces ``data.train`` with
 
 so ``round(r * n_real)`` generated pairs join the n_real real ones (defectkit/data/mixed.py).
 Every run also sets the config's ``seed`` to SEED. The runs train one after the other in this
-process with the rounds API (``defectkit.engine.rounds.run_rounds``), each in its own work
-dir ``WORK_DIR/ratio<r>_seed<s>/round_0``, and each is then tested on the real
+process with the rounds API (``defectkit.engine.rounds.run_rounds``, one named round per
+run), each in its own work dir ``WORK_DIR/ratio<r>_seed<s>``, and each is then tested on the real
 ``data.test`` with the evaluator of the config. Metrics: the segmentation evaluator's
 ``defect_IoU`` (mean IoU over the defect classes) and ``mIoU`` (background included).
 
@@ -69,8 +69,9 @@ def ratio_name(r: float) -> str:
     return f"{r:g}"
 
 
-def run_dir(work_dir: Path, ratio: float, seed: int) -> Path:
-    return work_dir / f"ratio{ratio_name(ratio)}_seed{seed}"
+def run_name(ratio: float, seed: int) -> str:
+    """The run's sub-work-dir name (a named round of run_rounds)."""
+    return f"ratio{ratio_name(ratio)}_seed{seed}"
 
 
 def file_sha(path: Path) -> str:
@@ -115,9 +116,7 @@ def test_run(cfg: dict, checkpoint: Path, device) -> dict:
 
 
 def stored_checkpoint(rdir: Path) -> Path | None:
-    from defectkit.engine.rounds import round_dir
-
-    latest = round_dir(rdir, 0) / "latest.pth"
+    latest = rdir / "latest.pth"
     return latest if latest.is_file() else None
 
 
@@ -242,7 +241,7 @@ def main(argv=None):
     from defectkit.data.formats.common import DataFormatError
     from defectkit.data.formats.generated import read_generation
     from defectkit.engine import Trainer, build_dataset, resolve_device
-    from defectkit.engine.rounds import round_dir, run_rounds
+    from defectkit.engine.rounds import run_rounds
 
     for key in ("train", "test"):
         if not (cfg.get("data") or {}).get(key):
@@ -279,20 +278,20 @@ def main(argv=None):
         overrides = run_overrides(cfg, generated, classes, ratio, seed)
         run_cfg = resolved(cfg, overrides)
         want = config_hash(run_cfg)
-        rdir = run_dir(work_dir, ratio, seed)
+        rdir = work_dir / run_name(ratio, seed)
         rec, resume = check_reusable(rdir, want, gen_sha if ratio > 0 else None, run_cfg, args.retrain)
         head = f"[synth_utility] run {n}/{len(jobs)}: ratio {ratio_name(ratio)}, seed {seed}"
         if rec is not None:
             print(f"{head}: reusing {rdir / RUN_FILE} (same config hash {want})", flush=True)
             runs.append(rec)
             continue
-        print(f"{head}: {'resuming' if resume else 'training'} in {round_dir(rdir, 0)}", flush=True)
+        print(f"{head}: {'resuming' if resume else 'training'} in {rdir}", flush=True)
         rdir.mkdir(parents=True, exist_ok=True)
         (rdir / GEN_FILE).write_text(f"{gen_sha if ratio > 0 else None}\n")
         sizes: dict = {}
         t0 = time.perf_counter()
-        result = run_rounds(cfg, [overrides], work_dir=rdir, init_from_previous=False, resume=resume,
-                            device=str(device), trainer_cls=CountingTrainer)[0]
+        result = run_rounds(cfg, [overrides], work_dir=work_dir, names=[rdir.name], init_from_previous=False,
+                            resume=resume, device=str(device), trainer_cls=CountingTrainer)[0]
         ckpt = result.last_checkpoint or stored_checkpoint(rdir)
         if ckpt is None:
             sys.exit(f"synth_utility: run {rdir} saved no checkpoint (set train.checkpoint_interval)")
