@@ -527,3 +527,22 @@ def test_filter_alignment_with_a_real_segmenter_checkpoint(generate, sampler_cfg
     with pytest.raises(SystemExit, match=r"segmenter's classes \['a', 'b'\] differ"):
         generate.main([str(sampler_cfg), "--num", "1", "--out", str(tmp_path / "h"), "--filter-alignment", "0.5",
                        "--seg-config", cfg, "--seg-checkpoint", ckpt])
+
+
+def test_labelme_draw_order_keeps_a_component_inside_another(tmp_path):
+    """A class-1 blob inside a class-2 ring: the ring's polygon is filled, so the blob must
+    come later in the LabelMe file to be drawn over it (the reader draws in order), although
+    class 1 comes first in class order."""
+    from defectkit.data.datasets import LabelMeDataset
+    from defectkit.data.formats.generated import GeneratedDatasetWriter
+    from defectkit.models.generation import colour_mask
+
+    m = np.zeros((16, 16), np.int64)
+    m[2:14, 2:14] = 2
+    m[5:9, 5:9] = 1                  # inside the ring
+    m[0:2, 14:16] = 1                # a small blob elsewhere
+    w = GeneratedDatasetWriter(tmp_path / "g", CLASSES, colour_mask, 1)
+    w.add(np.zeros((16, 16, 3), np.uint8), m, {"seed": 0})
+    w.finish({})
+    ds = LabelMeDataset(ann_dir=str(tmp_path / "g/labelme"), img_dir=str(tmp_path / "g/images"), classes=CLASSES)
+    assert torch.equal(ds[0]["mask"], torch.from_numpy(m))

@@ -211,10 +211,11 @@ def default_seed(model_cfg: dict) -> int:
 
 def model_classes(model, meta: dict, cfg: dict) -> list[str]:
     """The defect class names the samples' mask values 1..K stand for: the model's
-    ``classes``, the checkpoint's, the config's, else ``class_1..class_K`` from
-    ``num_defect``."""
+    ``classes``, the checkpoint's, the config's (``model.classes``, ``classes``,
+    ``data.train.classes``), else ``class_1..class_K`` from ``num_defect``."""
+    train = (cfg.get("data") or {}).get("train") or {}
     for src in (getattr(model, "classes", None), meta.get("classes"), cfg["model"].get("classes"),
-                cfg.get("classes")):
+                cfg.get("classes"), train.get("classes") if isinstance(train, dict) else None):
         if src:
             return [str(c) for c in src]
     k = getattr(model, "num_defect", None) or cfg["model"].get("num_defect")

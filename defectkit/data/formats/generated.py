@@ -31,7 +31,9 @@ named ``classes[k-1]``).
   pixel past its last pixel centres, so that its box is not empty; PIL draws it on the
   same pixels.
 - Holes inside a component are filled in both polygon formats (one outer polygon per
-  instance); ``masks_converted_dir/`` is exact.
+  instance); ``masks_converted_dir/`` is exact. LabelMe shapes are listed largest first
+  (by filled area), so that the reader, which draws later shapes over earlier ones, puts a
+  component lying in another one's hole back on top; a background hole stays filled.
 """
 from __future__ import annotations
 
@@ -176,7 +178,8 @@ def mask_components(mask: np.ndarray, num_classes: int) -> list[dict]:
     """One dict per 8-connected component of each class ``k = 1..num_classes`` of the
     class-index ``mask`` ((H, W) int), in class order, then raster order of the
     component's first pixel: ``category_id`` (k), ``box`` (x0, y0, x1, y1) on pixel
-    edges (x1, y1 exclusive), ``area`` (pixels), ``edge_polygon`` / ``labelme_points``
+    edges (x1, y1 exclusive), ``area`` (pixels), ``filled_area`` (pixels with its holes
+    filled: the area of its polygons), ``edge_polygon`` / ``labelme_points``
     in image coordinates (see :func:`edge_polygon`, :func:`labelme_points`)."""
     from scipy import ndimage
 
@@ -193,6 +196,7 @@ def mask_components(mask: np.ndarray, num_classes: int) -> list[dict]:
                 "category_id": k,
                 "box": (ox, oy, sl[1].stop, sl[0].stop),
                 "area": int(comp.sum()),
+                "filled_area": int(ndimage.binary_fill_holes(comp).sum()),
                 "edge_polygon": [(x + ox, y + oy) for x, y in edge_polygon(comp)],
                 "labelme_points": [[x + ox, y + oy] for x, y in labelme_points(comp)],
             })
@@ -279,7 +283,10 @@ class GeneratedDatasetWriter:
                 "id": len(self.annotations) + 1, "image_id": image_id, "category_id": c["category_id"],
                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": c["area"], "iscrowd": 0,
                 "segmentation": [[float(v) for xy in c["edge_polygon"] for v in xy]]})
-        shapes = [{"name": self.classes[c["category_id"] - 1], "points": c["labelme_points"]} for c in comps]
+        # LabelMe draws later shapes over earlier ones: larger (filled) first, so that a component
+        # lying inside another one's outline (e.g. a stain within a hole) is drawn over it
+        shapes = [{"name": self.classes[c["category_id"] - 1], "points": c["labelme_points"]}
+                  for c in sorted(comps, key=lambda c: -c["filled_area"])]
         W.dump_json(W.labelme(name, w, h, shapes), self.out / "labelme" / f"{stem}.json", indent=2)
         counts = np.bincount(index_mask.ravel(), minlength=len(self.classes) + 1)
         self.samples.append({"file": name, **(info or {}), "instances": len(comps),
