@@ -494,6 +494,7 @@ def test_real_denoiser_with_its_checkpoint_samples_the_ema_weights(generate, tmp
     assert (rec["weights"], raw["weights"]) == ("ema", "raw")
     assert (rec["steps"], rec["eta"], rec["config"]["model"]["sampling"]) == (2, 1.0, {"num_inference_steps": 2, "eta": 1.0})
     assert list(rec["stage_seconds"]) == ["small"]
+    assert rec["batch_size"] == 4                 # no --batch-size: the denoiser's sampling.batch_size
     assert (tmp_path / "ema/images/00000.png").read_bytes() != (tmp_path / "raw/images/00000.png").read_bytes()
 
 

@@ -71,8 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=_positive_int, help="sampling steps (num_inference_steps; 1000 = faithful)")
     p.add_argument("--t-switch", type=int, help="two-stage switch: the large model for t >= T, the small below")
     p.add_argument("--mode", choices=MODES, help="two-stage sampling mode")
-    p.add_argument("--batch-size", type=_positive_int, default=8,
-                   help="samples per model call (default 8); the output does not depend on it")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help="samples per model call (default: the config's model.batch_size or "
+                        "model.sampling.batch_size, else 8); the output does not depend on it")
     p.add_argument("--device", help="cpu, cuda, ... (default: the config's, else cuda when available)")
     add_no_ema(p)
     p.add_argument("--filter-alignment", type=float, metavar="THR",
@@ -201,6 +202,14 @@ class StepProgress:
         self._it = iter(())
 
 
+def default_batch_size(model) -> int:
+    """The model's own sampling batch size (``batch_size`` or ``sampling.batch_size``), else 8."""
+    for v in (getattr(model, "batch_size", None), getattr(getattr(model, "sampling", None), "batch_size", None)):
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            return v
+    return 8
+
+
 def default_seed(model_cfg: dict) -> int:
     """The config's sampling seed (``model.seed`` or ``model.sampling.seed``), else 0."""
     for v in (model_cfg.get("seed"), (model_cfg.get("sampling") or {}).get("seed")):
@@ -291,6 +300,8 @@ def main(argv=None):
     except GeneratedOutputError as e:
         sys.exit(f"generate: {e}")
     sampler = sampler_settings(model, cfg["model"])
+    if args.batch_size is None:
+        args.batch_size = default_batch_size(model)
     shown = ", ".join(f"{k} {v}" for k, v in sampler.items() if v is not None)
     print(f"generating {args.num} samples with {cfg['model']['type']} ({shown}; seeds {seed}..{seed + args.num - 1}, "
           f"batch {args.batch_size}, device {device}) into {args.out}", flush=True)

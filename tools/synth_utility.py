@@ -14,7 +14,10 @@ Ratio 0 trains it as it is (real only); ratio r > 0 replaces ``data.train`` with
                  classes: <DIR/generation.json classes>, pipeline: <the real data.train pipeline>}]}
 
 so ``round(r * n_real)`` generated pairs join the n_real real ones (defectkit/data/mixed.py).
-Every run also sets the config's ``seed`` to SEED. The runs train one after the other in this
+Every run also sets the config's ``seed`` to SEED. With an epoch-based schedule
+(``train.epochs``) a larger mixed set trains more iterations, as in the paper's setting of
+a fixed number of epochs; ``--cfg-options train.max_iters=N`` gives every run the same
+number of iterations instead. The runs train one after the other in this
 process with the rounds API (``defectkit.engine.rounds.run_rounds``, one named round per
 run), each in its own work dir ``WORK_DIR/ratio<r>_seed<s>``, and each is then tested on the real
 ``data.test`` with the evaluator of the config. Metrics: the segmentation evaluator's
