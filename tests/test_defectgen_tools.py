@@ -232,8 +232,11 @@ def test_generate_writes_the_layout_readable_by_the_datasets(generate, sampler_c
     mf = MaskFolderDataset(img_dir=str(out / "images"), mask_dir=str(out / "masks_converted_dir"), classes=CLASSES)
     cc = CocoDataset(ann_file=str(out / "coco.json"), img_dir=str(out / "images"))
     lm = LabelMeDataset(ann_dir=str(out / "labelme"), img_dir=str(out / "images"), classes=CLASSES)
-    assert len(mf) == len(cc) == len(lm) == 7
+    from defectkit.data.defect_spectrum import DefectSpectrumDataset
+    ds = DefectSpectrumDataset(root=str(out), classes=CLASSES)          # its `synthetic` layout, found by itself
+    assert len(mf) == len(cc) == len(lm) == len(ds) == 7
     assert cc.classes == CLASSES
+    assert torch.equal(ds[3]["mask"], mf[3]["mask"])
     for i in range(7):
         index = torch.from_numpy(png(out / "masks_converted_dir" / names[i]).astype(np.int64))
         s_mf, s_lm, s_cc = mf[i], lm[i], cc[i]
