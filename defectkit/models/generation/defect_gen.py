@@ -92,6 +92,12 @@ class DefectGen(BaseModel):
                 raise ValueError(f"DefectGen: model.{key} is required with mode {mode!r} (a DiffusionDenoiser "
                                  f"config dict or the path of its training config)")
         for key, part in parts.items():
+            if isinstance(part, str):           # a training config file (the builder resolves it first)
+                from ...config import load_config
+
+                part = load_config(part).get("model")
+                if not isinstance(part, dict):
+                    raise ValueError(f"DefectGen: model.{key}: config file {parts[key]} has no `model` section")
             if isinstance(part, dict):
                 part = parts[key] = MODELS.build(part)
             if part is not None and not isinstance(part, DiffusionDenoiser):
