@@ -27,7 +27,9 @@ sqrt(1 - abar_tau) eps_hat`` (tested). When x0_hat is clipped the original keeps
 ``sqrt(abar_t) (x0_hat - x0_c)`` (it subtracts D of the CLIPPED x0 from the unclipped x_t);
 diffusers' DDIM (the note's recommended sampler) does not. The one-hot mask channels lie in
 [0, 1], inside the clip range. ``abar_prev`` of the last step (t = 0) is 1
-(``set_alpha_to_one``): the last step returns x0_c, as the original's t = 0 branch.
+(``set_alpha_to_one``): the last step returns x0_c, as the original's t = 0 branch. Not
+reproduced: the original's ``t == 1`` branch, which subtracts x0_hat instead of D(x0_hat, 1)
+(a slip for ``t == 0``, harmless; note §1.4).
 
 Respacing: ``num_inference_steps`` N <= T runs the DDIM grid ``t = (N-1)k, ..., k, 0`` with
 k = T // N (diffusers' "leading" spacing); N = T = 1000 runs every integer step, as the
