@@ -154,6 +154,13 @@ def test_demo_trains_side_by_side_rows_together():
     groups = [[job[0] for job in g] for g in demo.side_by_side_groups(todo)]
     assert groups[0] == ["configs/classifier/smallcnn_tiny_synth.yaml"]     # the detectors need it first
     assert groups[1] == [demo.ONE_MODEL, demo.DEFECTNET]
-    assert len(groups) == 3 and len(groups[2]) == 3
+    assert len(groups[2]) == 3
+    assert groups[3:] == [[demo.DEFECTGEN]] and len(groups) == 4    # samples from parts trained before it
     # a finished row drops out; the rest of its set still trains together
-    assert [len(g) for g in demo.side_by_side_groups(todo[2:])] == [1, 3]
+    assert [len(g) for g in demo.side_by_side_groups(todo[2:])] == [1, 3, 1]
+    # Defect-Gen's parts (two denoisers + the judge segmenter) train together, before the row
+    first = [(c, None, None, []) for c in demo.TRAIN_FIRST[demo.DEFECTGEN]]
+    assert [[j[0] for j in g] for g in demo.side_by_side_groups(first + todo[-1:])] == [
+        demo.TRAIN_FIRST[demo.DEFECTGEN], [demo.DEFECTGEN]]
+    for c in demo.TRAIN_FIRST[demo.DEFECTGEN]:
+        assert (ROOT / c).is_file()

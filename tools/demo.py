@@ -6,6 +6,8 @@
 Each step runs the same command a user would type (printed before it runs), so the
 demo doubles as a walk-through of the tools. Rows listed together in SIDE_BY_SIDE train
 at the same time with one thread each (their logs go to work_dirs/<stem>/demo.log). Families add a row to RUNS as they land.
+A row whose model loads its parts' weights itself (the Defect-Gen sampler) is tested without
+a checkpoint after the configs in TRAIN_FIRST[row] are trained (not tested, not shown).
 """
 import argparse
 import json
@@ -26,6 +28,8 @@ DATASETS = {
     "data/demo_padim": ["--preset", "fabric", "--num-images", "200", "--size", "128x128", "--seed", "0"],
     # the detector rows' clear-defect set (2 classes; see configs/_base_/demo_det.yaml)
     "data/demo_det": ["--preset", "demo", "--num-images", "400", "--size", "256x256", "--seed", "0"],
+    # Defect-Gen's tiny set (configs/defectgen/_tiny_synth_data.yaml)
+    "data/demo_gen": ["--preset", "demo", "--num-images", "200", "--size", "64x64", "--seed", "0"],
 }
 
 # one row per run: (family, config, the metrics shown in the table, what the row shows).
@@ -37,6 +41,11 @@ _DET = [("mAP", "mAP"), ("AP50", "AP50"), ("f1_macro", "image F1"), ("att_ms", "
         ("att_normal_ms", "ATT_N"), ("att_defective_ms", "ATT_D")]
 _SEG = [("mIoU", "mIoU"), ("defect_IoU", "defect IoU"), ("znet_defect_IoU", "znet_repo IoU")]
 ONE_MODEL = "configs/defectnet/one_model_faster_demo_synth.yaml"
+DEFECTGEN = "configs/defectgen/defectgen_two_stage_demo_synth.yaml"
+# configs trained (not tested or shown) before the row that loads their checkpoints
+TRAIN_FIRST = {DEFECTGEN: ["configs/defectgen/adm_large_demo_synth.yaml",
+                           "configs/defectgen/sindiffusion_small_demo_synth.yaml",
+                           "configs/defectgen/seg_unet_tiny_synth.yaml"]}
 DEFECTNET = "configs/defectnet/defectnet_const_faster_demo_synth.yaml"
 RUNS = [
     ("classifier", "configs/classifier/smallcnn_tiny_synth.yaml", _CLS,
@@ -57,13 +66,19 @@ RUNS = [
      "segments pitting pixels (defect IoU {defect_IoU:.2f})"),
     ("UNet", "configs/znet/unet_demo_ballscrew.yaml", _SEG,
      "the segmentation baseline next to ZNet (defect IoU {defect_IoU:.2f})"),
+    ("Defect-Gen", DEFECTGEN,
+     [("alignment_defect_iou_pooled", "align IoU"), ("msssim_diversity", "MS-SSIM"), ("copy_share", "copies")],
+     "generates image + mask pairs (grid: work_dirs/defectgen_two_stage_demo_synth/test/generated_grid.png); "
+     "a segmenter trained on real data finds their defects with pooled IoU {alignment_defect_iou_pooled:.2f}, "
+     "{copy_share:.0%} copies of the 8 training images"),
 ]
 ATT_PAIR = (ONE_MODEL, DEFECTNET)   # timed interleaved in one process; the first is the reference
 # rows that train (and test) side by side, one thread each: on 2 cores two single-thread runs
 # finish in about the time one two-thread run takes (docs/training.md); benchmarks stay serial
 SIDE_BY_SIDE = [(ONE_MODEL, DEFECTNET),
                 ("configs/padim/padim_tiny_synth.yaml", "configs/znet/znet_tiny_ballscrew.yaml",
-                 "configs/znet/unet_demo_ballscrew.yaml")]
+                 "configs/znet/unet_demo_ballscrew.yaml"),
+                tuple(TRAIN_FIRST[DEFECTGEN])]
 
 
 def run(cmd: list[str]) -> None:
@@ -83,9 +98,19 @@ def make_data(out: str, synth_args: list[str], fresh: bool) -> None:
     run([PY, "tools/make_synth.py", "--out", out, *synth_args])
 
 
-def finished(work_dir: Path) -> bool:
-    """A previous run of this config reached its last epoch (its test metrics exist)."""
-    return (work_dir / "test" / "metrics.json").is_file() and (work_dir / "latest.pth").is_file()
+def finished(work_dir: Path, trains: bool = True, tests: bool = True) -> bool:
+    """A previous run of this config reached its end: its checkpoint (when it ``trains``) and
+    its test metrics (when it ``tests``) exist, with the demo's timing record."""
+    return ((not trains or (work_dir / "latest.pth").is_file())
+            and (not tests or (work_dir / "test" / "metrics.json").is_file())
+            and (work_dir / "demo_time.json").is_file())
+
+
+def loads_own_weights(config: str) -> bool:
+    """The row's model loads its parts' checkpoints itself: tested without a checkpoint."""
+    from compare import loads_own_weights as own
+
+    return own(str(ROOT / config))
 
 
 def record_time(work_dir: Path, seconds: float, stamp: str) -> None:
@@ -159,6 +184,34 @@ def describe(says: str, metrics: dict) -> str:
         return says.split(" (")[0]
 
 
+def plan(config: str, fresh: bool, train: bool = True, test: bool = True):
+    """The job ``(config, work_dir, stamp, commands)`` that (re)makes ``config``'s run, or None
+    when a finished run made with the same settings is reused (one made with other settings
+    is moved to ``<stem>.stale``)."""
+    stem = Path(config).stem
+    work_dir = ROOT / "work_dirs" / stem
+    timing = work_dir / "demo_time.json"
+    stamp = current_hash(config)
+    done = finished(work_dir, trains=train, tests=test)
+    if done and not fresh and json.loads(timing.read_text()).get("config_hash") != stamp:
+        stale = work_dir.with_name(stem + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        work_dir.rename(stale)
+        print(f"[demo] {work_dir.relative_to(ROOT)} was made with other settings: redoing it "
+              f"(the old run is now {stale.relative_to(ROOT)})")
+        done = False
+    if done and not fresh:
+        print(f"[demo] reusing the finished run in {work_dir.relative_to(ROOT)} (--fresh redoes it)")
+        return None
+    cmds = []
+    if train:
+        cmds.append([PY, "tools/train.py", config, "--work-dir", work_dir] + ([] if fresh else ["--resume"]))
+    if test:
+        cmds.append([PY, "tools/test.py", config, *([work_dir / "latest.pth"] if train else []),
+                     "--work-dir", work_dir])
+    return config, work_dir, stamp, cmds
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fresh", action="store_true", help="regenerate data and retrain")
@@ -169,25 +222,17 @@ def main(argv=None) -> int:
     for out, synth_args in DATASETS.items():
         make_data(out, synth_args, args.fresh)
 
-    todo = []   # (config, work_dir, commands) of the rows to (re)train
+    todo = []   # (config, work_dir, stamp, commands) of the runs to (re)make
     for family, config, shown, says in RUNS:
-        stem = Path(config).stem
-        work_dir = ROOT / "work_dirs" / stem
-        timing = work_dir / "demo_time.json"
-        stamp = current_hash(config)
-        if finished(work_dir) and timing.is_file() and not args.fresh and \
-                json.loads(timing.read_text()).get("config_hash") != stamp:
-            stale = work_dir.with_name(stem + ".stale")
-            shutil.rmtree(stale, ignore_errors=True)
-            work_dir.rename(stale)
-            print(f"[demo] {work_dir.relative_to(ROOT)} was trained with other settings: retraining "
-                  f"(the old run is now {stale.relative_to(ROOT)})")
-        if args.fresh or not finished(work_dir) or not timing.is_file():
-            todo.append((config, work_dir, stamp, [
-                [PY, "tools/train.py", config, "--work-dir", work_dir] + ([] if args.fresh else ["--resume"]),
-                [PY, "tools/test.py", config, work_dir / "latest.pth", "--work-dir", work_dir]]))
-        else:
-            print(f"[demo] reusing the finished run in {work_dir.relative_to(ROOT)} (--fresh retrains)")
+        retrained = False   # a part retrained: the row that samples from it is redone too
+        for first in TRAIN_FIRST.get(config, []):
+            job = plan(first, args.fresh, test=False)
+            if job is not None:
+                todo.append(job)
+                retrained = True
+        job = plan(config, args.fresh or retrained, train=not loads_own_weights(config))
+        if job is not None:
+            todo.append(job)
     for group in side_by_side_groups(todo):
         if len(group) == 1:
             config, work_dir, stamp, cmds = group[0]
@@ -203,7 +248,8 @@ def main(argv=None) -> int:
         stem = Path(config).stem
         work_dir = ROOT / "work_dirs" / stem
         train_s = json.loads((work_dir / "demo_time.json").read_text())["train_test_s"]
-        run([PY, "tools/benchmark.py", config, work_dir / "latest.pth", "--out", work_dir / "benchmark.json"])
+        ckpt = [] if loads_own_weights(config) else [work_dir / "latest.pth"]
+        run([PY, "tools/benchmark.py", config, *ckpt, "--out", work_dir / "benchmark.json"])
         metrics = json.loads((work_dir / "test" / "metrics.json").read_text())["metrics"]
         bench = json.loads((work_dir / "benchmark.json").read_text())
         rows.append((family, stem, shown, says, metrics, bench, train_s))
@@ -236,8 +282,10 @@ def main(argv=None) -> int:
             f"{bench['ms_per_image']['p50']:.1f}", f"{bench['params'] / 1e6:.2f}", f"{train_s:.0f}",
             describe(says, metrics)]
         print("| " + " | ".join(cells) + " |")
-    print("\ntrain+test: wall seconds; the detector rows, and PaDiM / ZNet / UNet, ran side by side "
-          "(one thread each) and shared the CPU")
+    print("\ntrain+test: wall seconds; the detector rows, PaDiM / ZNet / UNet, and Defect-Gen's two "
+          "denoisers + judge segmenter ran side by side (one thread each) and shared the CPU; the "
+          "Defect-Gen row's time is its sampling test (its parts' training is in "
+          + ", ".join(f"work_dirs/{Path(c).stem}" for c in TRAIN_FIRST[DEFECTGEN]) + ")")
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; outputs in work_dirs/")
     return 0
 

@@ -72,7 +72,9 @@ def main(argv=None):
     workers = args.num_workers if args.num_workers is not None else cfg["data"].get("num_workers", 2)
     loader = build_eval_loader(dataset, batch_size=args.batch_size, num_workers=workers, distributed=False)
 
-    print(f"evaluating {args.checkpoint} on data.{args.split}: {len(dataset)} images, device {device}")
+    weights = args.checkpoint if args.checkpoint is not None else "the weights its config names"
+    print(f"evaluating {cfg['model']['type']} ({weights}) on data.{args.split}: {len(dataset)} images, "
+          f"device {device}")
     t0 = time.perf_counter()
     out = run_inference(model, loader, evaluator, device, desc=f"test data.{args.split}")
     wall = time.perf_counter() - t0
