@@ -215,8 +215,8 @@ def init_model(cfg: dict, checkpoint: str | None = None, device: str | torch.dev
     ``RuntimeWarning`` naming them."""
     import warnings
 
-    from .checkpoint import (check_model_type, describe_nonfinite, extract_state_dict, load_checkpoint,
-                             load_state_dict, nonfinite_tensors)
+    from .checkpoint import (check_model_type, describe_nonfinite, has_ema, load_checkpoint, load_state_dict,
+                             nonfinite_tensors, select_weights)
 
     meta: dict = {}
     ckpt = None
@@ -228,15 +228,11 @@ def init_model(cfg: dict, checkpoint: str | None = None, device: str | torch.dev
     classes = meta.get("classes") or cfg.get("classes")
     model = build_model(cfg["model"], classes)
     if ckpt is not None:
-        ema = ckpt.get("ema") if isinstance(ckpt.get("ema"), dict) else None
-        if use_ema and ema is not None and isinstance(ema.get("state_dict"), dict):
-            state, weights = ema["state_dict"], "ema"
-        else:
-            state, weights = extract_state_dict(ckpt, str(checkpoint)), "raw"
+        state, weights = select_weights(ckpt, str(checkpoint), use_ema)
         meta = {**meta, "weights": weights}
         get_logger().info(f"{checkpoint}: using the {'EMA' if weights == 'ema' else 'raw'} weights"
                   + (" (the checkpoint has EMA weights; pass use_ema=True / drop --no-ema to use them)"
-                     if weights == "raw" and ema is not None else ""))
+                     if weights == "raw" and has_ema(ckpt) else ""))
         bad = nonfinite_tensors(state)
         if bad:
             warnings.warn(f"{checkpoint}: {describe_nonfinite(bad, len(state))}: its predictions will be "

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from ..models.weights import (CheckpointError, CheckpointNotFoundError, LoadReport,  # noqa: F401
-                              extract_state_dict, load_checkpoint, load_state_dict, strip_prefix)
+                              extract_state_dict, has_ema, load_checkpoint, load_state_dict, select_weights,
+                              strip_prefix)
 from .distributed import unwrap_model
 
 LATEST = "latest.pth"

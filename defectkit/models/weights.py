@@ -6,7 +6,8 @@
   (a state dict, ``{"state_dict": ...}`` or ``{"model": ...}``; ``module.`` / ``backbone.``
   / ``body.`` prefixes stripped, ``fc.*`` skipped); non-strict, shape mismatches are errors.
 * Trained weights (checkpoints): ``load_checkpoint`` / ``extract_state_dict`` /
-  ``load_state_dict`` / ``load_weights``; every failure is a ``CheckpointError`` (a
+  ``select_weights`` (from ``defectkit/checkpoint_io.py``, the bottom layer, re-exported
+  here) and ``load_state_dict`` / ``load_weights``; every failure is a ``CheckpointError`` (a
   ``RuntimeError``) naming the file. Composite models (``TwoModelDetector``) load their
   parts' weights with ``load_weights``; ``engine/checkpoint.py`` (which writes checkpoints)
   re-exports these, so a model never imports the engine.
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
+
+from ..checkpoint_io import (CheckpointError, CheckpointNotFoundError, extract_state_dict,  # noqa: F401
+                             has_ema, load_checkpoint, select_weights)
 
 logger = logging.getLogger(__name__)
 TORCHVISION_PREFIX = "torchvision://"
@@ -36,65 +38,6 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
         model = model.module
     return model
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be found, read or applied; the message names the file."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    pass
-
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu",
-                    weights_only: bool = True) -> dict:
-    """``torch.load`` of a checkpoint dict; every failure is a :class:`CheckpointError`
-    naming the file (missing: :class:`CheckpointNotFoundError`; text, truncated or corrupt
-    file; objects ``weights_only`` refuses; a file that holds something other than a dict).
-
-    ``weights_only=True`` (the default) is enough for every checkpoint defectkit writes;
-    pass ``False`` only for a trusted file that holds other pickled objects.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if weights_only and "Unsupported global" in msg:
-            detail = msg[msg.index("Unsupported global"):].split(" was not")[0]
-            raise CheckpointError(
-                f"{path}: holds objects that torch.load(weights_only=True) refuses to unpickle "
-                f"({detail}); if you trust this file, load it with weights_only=False") from e
-        detail = msg.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if msg else ""
-        raise CheckpointError(f"{path}: corrupt, truncated or not a PyTorch checkpoint "
-                              f"(UnpicklingError: {detail})") from e
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - e.g. KeyError from a text file, any torch.load failure
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{path}: corrupt, truncated or not a PyTorch checkpoint "
-                              f"({type(e).__name__}: {first})") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: not a checkpoint: holds a {type(obj).__name__}, expected a dict "
-                              f"(a defectkit checkpoint or a state dict)")
-    return obj
-
-
-
-def extract_state_dict(ckpt: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Model weights from a defectkit checkpoint (``state_dict``), a torchvision/detectron2
-    one (``model``) or a bare state dict."""
-    if isinstance(ckpt, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(ckpt.get(key), dict):
-                return ckpt[key]
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            return ckpt
-    raise CheckpointError(f"{source}: no model weights found (expected a 'state_dict' or "
-                          f"'model' entry, or a plain state dict)")
 
 
 @dataclass
