@@ -187,6 +187,35 @@ def test_writer_refuses_a_folder_with_other_files(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_writer_keeps_a_users_images_and_masks_folders(tmp_path):
+    """A folder holding only layout-named entries (``images/``, ``masks/``) but no
+    generation.json of ours is the user's data: refused, nothing deleted. An interrupted
+    run (the stub generation.json) is replaced, and is not readable as a finished set."""
+    from defectkit.data.formats.common import DataFormatError
+    from defectkit.data.formats.generated import GeneratedDatasetWriter, GeneratedOutputError, read_generation
+
+    colour = lambda m: Image.new("RGB", m.shape[::-1])  # noqa: E731
+    for sub in ("images", "masks"):
+        (tmp_path / "mine" / sub).mkdir(parents=True)
+        (tmp_path / "mine" / sub / "photo.png").write_bytes(b"mine")
+    with pytest.raises(GeneratedOutputError, match="no generation.json"):
+        GeneratedDatasetWriter(tmp_path / "mine", CLASSES, colour, 3)
+    assert (tmp_path / "mine" / "images" / "photo.png").read_bytes() == b"mine"
+    assert (tmp_path / "mine" / "masks" / "photo.png").read_bytes() == b"mine"
+
+    (tmp_path / "empty" / "images").mkdir(parents=True)           # empty layout folders: fine
+    GeneratedDatasetWriter(tmp_path / "empty", CLASSES, colour, 3)
+    w = GeneratedDatasetWriter(tmp_path / "cut", CLASSES, colour, 3)
+    w.add(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.int64))     # ... then interrupted
+    with pytest.raises(DataFormatError, match="did not finish"):
+        read_generation(tmp_path / "cut")
+    w = GeneratedDatasetWriter(tmp_path / "cut", CLASSES, colour, 3)       # the next run replaces it
+    assert not any((tmp_path / "cut" / "images").iterdir())
+    w.add(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.int64))
+    w.finish({})
+    assert read_generation(tmp_path / "cut")["count"] == 1
+
+
 # ---------------------------------------------------------------------------- generate
 def test_generate_writes_the_layout_readable_by_the_datasets(generate, sampler_cfg, tmp_path):
     from defectkit.data.datasets import CocoDataset, LabelMeDataset, MaskFolderDataset

@@ -6,7 +6,8 @@ project's own annotation formats, all made from the class-index mask of each sam
     <out>/masks_converted_dir/NNNNN.png  class index, uint8 (0 background, k = classes[k-1])
     <out>/labelme/NNNNN.json             LabelMe 4.x: one polygon per connected component
     <out>/coco.json                      COCO instances: one annotation per connected component
-    <out>/generation.json                how the set was made (written by the caller via finish)
+    <out>/generation.json                how the set was made (the caller's record, via finish; a stub
+                                         with ``complete: false`` until then marks the folder as ours)
 
 ``images/``, ``masks/`` and ``masks_converted_dir/`` are exactly the original's
 ``--sample_dir`` output (research note §2, ``scripts/inference.py``; the HF ``synthetic_*``
@@ -49,6 +50,7 @@ from ..synth import writers as W
 
 LAYOUT_DIRS = ("images", "masks", "masks_converted_dir", "labelme")
 LAYOUT_FILES = ("coco.json", "generation.json")
+WRITER = "defectkit.data.formats.generated"   # generation.json["writer"]: marks a folder as ours
 MIN_DIGITS = 5
 
 # directions of the pixel-edge walk, y down: +x, +y, -x, -y
@@ -209,10 +211,27 @@ def stem_digits(num: int) -> int:
     return max(MIN_DIGITS, len(str(max(int(num) - 1, 0))))
 
 
+def _written_by_us(out: Path) -> bool:
+    """Whether ``out/generation.json`` is this writer's (complete or interrupted) record."""
+    import json
+
+    try:
+        data = json.loads((out / "generation.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (data.get("writer") == WRITER or data.get("tool") == "tools/generate.py")
+
+
+def _has_files(path: Path) -> bool:
+    return path.is_file() or any(p.is_file() or p.is_symlink() for p in path.rglob("*"))
+
+
 def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create ``out`` with the layout's folders. A previous generated dataset in it (its
-    entries are all layout entries) is replaced; any other content is refused
-    (:class:`GeneratedOutputError`), so a wrong ``--out`` never deletes a user's files."""
+    """Create ``out`` with the layout's folders. A previous generated dataset in it (only
+    layout entries, and a ``generation.json`` written by this writer, even one of an
+    interrupted run) is replaced; any other content is refused
+    (:class:`GeneratedOutputError`), so a wrong ``--out`` never deletes a user's files
+    (e.g. a dataset of the user's own with ``images/`` and ``masks/`` folders)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GeneratedOutputError(f"--out {out} exists and is not a directory")
@@ -223,6 +242,11 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
             raise GeneratedOutputError(
                 f"--out {out} is not empty and does not hold a generated dataset (found "
                 f"{', '.join(foreign[:5])}); choose an empty or new directory")
+        filled = [e for e in entries if _has_files(out / e)]
+        if filled and not _written_by_us(out):
+            raise GeneratedOutputError(
+                f"--out {out} holds {', '.join(filled[:5])} but no generation.json of tools/generate.py, "
+                f"so it is not a generated dataset (it may be your own data); choose an empty or new directory")
         for e in entries:                      # an earlier generated set: replace it entirely
             path = out / e
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -247,6 +271,9 @@ class GeneratedDatasetWriter:
             raise GeneratedOutputError("classes: at least one defect class name is needed")
         self.out = prepare_out_dir(out_dir)
         self.classes = [str(c) for c in classes]
+        # marks the folder as ours from the start (an interrupted run can be replaced by the next)
+        W.dump_json({"writer": WRITER, "complete": False, "classes": self.classes},
+                    self.out / "generation.json", indent=2)
         self.colour_mask = colour_mask
         self.digits = stem_digits(num)
         self.images: list[dict] = []
@@ -302,11 +329,12 @@ class GeneratedDatasetWriter:
                                for i, c in enumerate(self.classes)]}
 
     def finish(self, info: dict) -> dict:
-        """Write ``coco.json`` and ``generation.json`` (``info`` plus ``classes``, ``count``
-        written, ``layout`` and the per-sample ``samples`` entries); returns the latter."""
+        """Write ``coco.json`` and ``generation.json`` (``info`` plus ``writer``, ``complete``
+        (true; false in the stub written at the start), ``classes``, ``count`` written,
+        ``layout`` and the per-sample ``samples`` entries); returns the latter."""
         W.dump_json(self.coco(), self.out / "coco.json")
-        record = {**info, "classes": list(self.classes), "count": len(self.samples),
-                  "layout": layout_description(), "samples": self.samples}
+        record = {**info, "writer": WRITER, "complete": True, "classes": list(self.classes),
+                  "count": len(self.samples), "layout": layout_description(), "samples": self.samples}
         W.dump_json(_jsonable(record), self.out / "generation.json", indent=2)
         return record
 
@@ -364,4 +392,7 @@ def read_generation(out_dir: str | os.PathLike) -> dict:
         raise DataFormatError(f"{path}: broken JSON: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
         raise DataFormatError(f"{path}: field 'classes' is missing or empty")
+    if data.get("complete") is False:
+        raise DataFormatError(f"{path}: field 'complete' is false: the tools/generate.py run that writes "
+                              f"{out_dir} did not finish (still running, or interrupted: run it again)")
     return data
