@@ -38,13 +38,14 @@ import inspect
 import logging
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..config import load_config, parse_options
+from ..config import ConfigError, load_config, parse_options
 from ..registry import DATASETS, EVALUATORS, MODELS, TRANSFORMS
 from .base import BaseEvaluator, batch_meta, format_table, metric_notes
 from .generation_metrics import (INCEPTION_FILE, INCEPTION_URL, InceptionUnavailable, alignment_iou,
@@ -144,11 +145,14 @@ def _read_weights(checkpoint: str, use_ema: bool) -> tuple[dict, dict, str]:
         raise FileNotFoundError(f"evaluation.alignment.checkpoint: file not found: {checkpoint}")
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:   # torch's text here suggests weights_only=False: not for a user
+        raise ConfigError(f"{checkpoint}: corrupt, truncated or not a PyTorch checkpoint (or it holds objects "
+                          f"torch.load(weights_only=True) refuses)") from e
     except Exception as e:  # noqa: BLE001 - corrupt / not a checkpoint: one line naming it
         first = str(e).splitlines()[0] if str(e) else ""
-        raise ValueError(f"{checkpoint}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from e
+        raise ConfigError(f"{checkpoint}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from e
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{checkpoint}: holds a {type(ckpt).__name__}, expected a checkpoint dict")
+        raise ConfigError(f"{checkpoint}: holds a {type(ckpt).__name__}, expected a checkpoint dict")
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
     ema = ckpt.get("ema") if isinstance(ckpt.get("ema"), dict) else None
     if use_ema and ema is not None and isinstance(ema.get("state_dict"), dict):
@@ -158,7 +162,7 @@ def _read_weights(checkpoint: str, use_ema: bool) -> tuple[dict, dict, str]:
             return ckpt[key], meta, "raw"
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return ckpt, meta, "raw"
-    raise ValueError(f"{checkpoint}: no model weights (expected a 'state_dict' entry)")
+    raise ConfigError(f"{checkpoint}: no model weights (expected a 'state_dict' entry)")
 
 
 def load_alignment_segmenter(config: str | dict, checkpoint: str, device: str | torch.device | None = None,
@@ -167,12 +171,12 @@ def load_alignment_segmenter(config: str | dict, checkpoint: str, device: str | 
     the classes stored in ``checkpoint`` (``meta.classes``; else the config's data classes),
     load its weights strictly (EMA entry when ``use_ema`` and present) and take its
     ``data.test`` (else ``data.val``) pipeline as input transforms. Errors are one line
-    naming the file (``FileNotFoundError`` / ``ValueError``)."""
+    naming the file (``FileNotFoundError`` / ``ConfigError``, a ``ValueError``)."""
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
     where = str(config) if isinstance(config, (str, os.PathLike)) else "alignment config"
     model_cfg = cfg.get("model")
     if not isinstance(model_cfg, dict) or "type" not in model_cfg:
-        raise ValueError(f"{where}: no `model` section with a type")
+        raise ConfigError(f"{where}: no `model` section with a type")
     state, meta, weights = _read_weights(str(checkpoint), use_ema)
     data = cfg.get("data") or {}
     split = data.get("test") or data.get("val") or {}
@@ -180,10 +184,10 @@ def load_alignment_segmenter(config: str | dict, checkpoint: str, device: str | 
         or (data.get("train") or {}).get("classes")
     saved = ((meta.get("config") or {}).get("model") or {}).get("type")
     if saved and saved != model_cfg["type"]:
-        raise ValueError(f"{checkpoint}: holds a {saved}, but {where} builds a {model_cfg['type']}")
+        raise ConfigError(f"{checkpoint}: holds a {saved}, but {where} builds a {model_cfg['type']}")
     model_cls = MODELS.get(model_cfg["type"])
     if getattr(model_cls, "model_parts", None):
-        raise ValueError(f"{where}: {model_cfg['type']} is a composite model; the alignment needs a plain segmenter")
+        raise ConfigError(f"{where}: {model_cfg['type']} is a composite model; the alignment needs a plain segmenter")
     params = inspect.signature(model_cls).parameters
     extra: dict[str, Any] = {}
     if classes is not None and "classes" in params and "classes" not in model_cfg:
@@ -195,10 +199,10 @@ def load_alignment_segmenter(config: str | dict, checkpoint: str, device: str | 
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:       # shape mismatches
-        raise ValueError(f"{checkpoint}: weights do not match the {model_cfg['type']} of {where}: "
+        raise ConfigError(f"{checkpoint}: weights do not match the {model_cfg['type']} of {where}: "
                          f"{str(e).splitlines()[-1].strip()}") from e
     if missing or unexpected:
-        raise ValueError(f"{checkpoint}: weights do not match the {model_cfg['type']} of {where}: "
+        raise ConfigError(f"{checkpoint}: weights do not match the {model_cfg['type']} of {where}: "
                          f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
                          f"(e.g. {unexpected[:3]})")
     pipeline = [TRANSFORMS.build(t) for t in (split.get("pipeline") or [])]
@@ -255,9 +259,9 @@ class GenerationEvaluator(BaseEvaluator):
         if self.alignment is not None and not os.path.isfile(self.alignment.checkpoint):
             raise FileNotFoundError(f"evaluation.alignment.checkpoint: file not found: {self.alignment.checkpoint}")
         if not 0.0 < float(copy_ssim_threshold) <= 1.0:
-            raise ValueError(f"evaluation.copy_ssim_threshold: must be in (0, 1], got {copy_ssim_threshold}")
+            raise ConfigError(f"evaluation.copy_ssim_threshold: must be in (0, 1], got {copy_ssim_threshold}")
         if int(max_reference) < 1:
-            raise ValueError(f"evaluation.max_reference: must be >= 1, got {max_reference}")
+            raise ConfigError(f"evaluation.max_reference: must be >= 1, got {max_reference}")
         self.reference_cfg = reference
         self.copy_ssim_threshold = float(copy_ssim_threshold)
         self.max_reference = int(max_reference)
@@ -297,10 +301,14 @@ class GenerationEvaluator(BaseEvaluator):
     def segmenter(self) -> AlignmentSegmenter | None:
         if self.alignment is not None and self._segmenter is None:
             a = self.alignment
-            self._segmenter = load_alignment_segmenter(a.config, a.checkpoint, self.device, a.use_ema, a.batch_size)
+            try:
+                self._segmenter = load_alignment_segmenter(a.config, a.checkpoint, self.device, a.use_ema,
+                                                           a.batch_size)
+            except ConfigError as e:
+                raise ConfigError(f"evaluation.alignment: {e}") from e
             seg, gen = self._segmenter.classes, self.classes
             if seg is not None and gen is not None and list(seg) != list(gen):
-                raise ValueError(f"evaluation.alignment: the segmenter ({a.checkpoint}) has classes {list(seg)} "
+                raise ConfigError(f"evaluation.alignment: the segmenter ({a.checkpoint}) has classes {list(seg)} "
                                  f"but the generated masks use {list(gen)}")
         return self._segmenter
 
