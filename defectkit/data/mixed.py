@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..config import ConfigError
 from ..registry import DATASETS
 from .collate import is_skipped
 
@@ -49,7 +50,7 @@ def _build(cfg: Any, where: str) -> Any:
         return DATASETS.build(cfg)
     if hasattr(cfg, "__len__") and hasattr(cfg, "__getitem__"):
         return cfg           # an already built dataset (Python use, tests)
-    raise ValueError(f"MixedDataset: {where}: expected a dataset config dict, got {type(cfg).__name__}")
+    raise ConfigError(f"MixedDataset: {where}: expected a dataset config dict, got {type(cfg).__name__}")
 
 
 @DATASETS.register()
@@ -71,10 +72,10 @@ class MixedDataset(Dataset):
                  resample_per_epoch: bool = False, exif_orientation: bool | None = None):
         if not isinstance(datasets, (list, tuple)) or len(datasets) != 2:
             n = len(datasets) if isinstance(datasets, (list, tuple)) else type(datasets).__name__
-            raise ValueError(f"MixedDataset: datasets: expected [real, generated] (2 configs), got {n}")
+            raise ConfigError(f"MixedDataset: datasets: expected [real, generated] (2 configs), got {n}")
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
                 or ratio < 0:
-            raise ValueError(f"MixedDataset: ratio: must be a finite number >= 0, got {ratio!r}")
+            raise ConfigError(f"MixedDataset: ratio: must be a finite number >= 0, got {ratio!r}")
         self.ratio, self.seed = float(ratio), int(seed)
         self.resample_per_epoch = bool(resample_per_epoch)
         if exif_orientation is not None:
@@ -84,20 +85,20 @@ class MixedDataset(Dataset):
         self.generated = _build(datasets[1], "datasets[1] (generated)")
         rc, gc = getattr(self.real, "classes", None), getattr(self.generated, "classes", None)
         if rc is None or gc is None or list(rc) != list(gc):
-            raise ValueError(f"MixedDataset: the real and generated datasets have different classes: "
+            raise ConfigError(f"MixedDataset: the real and generated datasets have different classes: "
                              f"real {None if rc is None else list(rc)} vs generated "
                              f"{None if gc is None else list(gc)} (same names, same order)")
         for attr in ("with_mask", "with_boxes"):
             a, b = getattr(self.real, attr, None), getattr(self.generated, attr, None)
             if a is not None and b is not None and bool(a) != bool(b):
-                raise ValueError(f"MixedDataset: {attr} differs: real {type(self.real).__name__} {a} vs "
+                raise ConfigError(f"MixedDataset: {attr} differs: real {type(self.real).__name__} {a} vs "
                                  f"generated {type(self.generated).__name__} {b} (the samples would "
                                  f"not batch together)")
         self.classes: list[str] = list(rc)
         self.n_real = len(self.real)
         self.n_generated = int(math.floor(self.ratio * self.n_real + 0.5))
         if self.n_generated and len(self.generated) == 0:
-            raise ValueError(f"MixedDataset: ratio {self.ratio:g} asks for {self.n_generated} generated "
+            raise ConfigError(f"MixedDataset: ratio {self.ratio:g} asks for {self.n_generated} generated "
                              f"images but the generated dataset is empty")
         self.epoch = 0
         self._draw()
