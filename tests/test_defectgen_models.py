@@ -239,6 +239,37 @@ def test_config_options_reach_the_sampler():
         build_model(cfg | {"small": dict(denoiser_cfg(tiny_sin() | {"in_channels": 7}), num_defect=3)})
 
 
+def test_bad_sampler_options_and_checkpoints_are_config_errors_naming_the_key(tmp_path):
+    """eta > 1 would make the DDIM step NaN (black images, no error); an image size that is
+    not a multiple of the UNet's down-sampling factor would fail deep inside the UNet; a
+    part's checkpoint that is missing or of the other denoiser is named by its key."""
+    cfg = dict(type="DefectGen", large=denoiser_cfg(tiny_adm()), small=denoiser_cfg(), num_inference_steps=4)
+    with pytest.raises(ConfigError, match=r"eta: DDIM eta must be in \[0, 1\].*got 1.5"):
+        build_model(cfg | {"eta": 1.5})
+    with pytest.raises(ConfigError, match=r"model.sampling: eta: DDIM eta must be in \[0, 1\]"):
+        build_model(denoiser_cfg(sampling={"eta": 2.0}))
+    build_model(cfg | {"eta": 1.0})
+    with pytest.raises(ConfigError, match=r"model.image_size: 17x17 px.*multiples of 2"):
+        build_model(cfg | {"image_size": 17})
+    with pytest.raises(ConfigError, match=r"model.sampling.image_size: 16x9 px.*multiples of 2"):
+        build_model(denoiser_cfg(sampling={"image_size": [16, 9]}))
+    d = build_model(denoiser_cfg())
+    with pytest.raises(ValueError, match=r"image_size: 15x15 px"):
+        d.sample(1, image_size=15)
+    with pytest.raises(ValueError, match=r"training images.*15x16 px"):
+        d({"image": torch.rand(1, 3, 15, 16), "mask": torch.zeros(1, 15, 16, dtype=torch.long)})
+
+    from defectkit.models.weights import CheckpointError
+    with pytest.raises(CheckpointError, match=r"model.large_checkpoint: .*not found: .*nope\.pth"):
+        build_model(cfg | {"large_checkpoint": str(tmp_path / "nope.pth")})
+    small = build_model(denoiser_cfg())
+    torch.save({"state_dict": small.state_dict(), "meta": {"config": {"model": denoiser_cfg()}}}, tmp_path / "s.pth")
+    with pytest.raises(CheckpointError, match=r"model.large_checkpoint: .*s\.pth holds a SinDiffusionUNet "
+                                              r"denoiser, but this part builds ADMUNet"):
+        build_model(cfg | {"large_checkpoint": str(tmp_path / "s.pth")})
+    assert build_model(cfg | {"small_checkpoint": str(tmp_path / "s.pth")}).weights_source["small"] == "raw"
+
+
 def test_defect_gen_samples_with_the_ema_weights(tmp_path):
     torch.manual_seed(0)
     src = build_model(denoiser_cfg())

@@ -27,24 +27,38 @@ from ...registry import MODELS
 from ..base import BaseModel
 from ..weights import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict
 from .diffusion import MODES, check_sampler_options
-from .denoiser import DiffusionDenoiser, generate, image_hw, sample_seed
+from .denoiser import DiffusionDenoiser, check_eta, check_size, generate, image_hw, sample_seed
 from .result import GenerationResult
 
 logger = logging.getLogger(__name__)
+STAGES_OF_MODE = {"two_stage": ("large", "small"), "large_only": ("large",), "small_only": ("small",)}
 
 
 def load_denoiser_weights(model: nn.Module, path: str, use_ema: bool = True, key: str = "large_checkpoint") -> str:
     """Load the checkpoint file ``path`` into ``model`` (strict): its EMA weights
     (``ckpt["ema"]["state_dict"]``) when ``use_ema`` and present, else its model weights.
-    Returns "ema" or "raw"; every failure is a ``CheckpointError`` naming the file."""
-    ckpt = load_checkpoint(path)
+    Returns "ema" or "raw"; every failure is a ``CheckpointError`` naming ``key`` and the
+    file, among them a checkpoint of another model or denoiser network (its stored config's
+    ``model.type`` / ``model.denoiser.type``), caught before the weights are compared."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise type(e)(f"{key}: {e}") from e
+    saved = ((ckpt.get("meta") or {}).get("config") or {}).get("model") or {}
+    net = getattr(model, "denoiser", None)
+    for what, saved_type, own in (("model", saved.get("type"), type(model).__name__),
+                                  ("denoiser", (saved.get("denoiser") or {}).get("type")
+                                   if isinstance(saved.get("denoiser"), dict) else None, type(net).__name__)):
+        if isinstance(saved_type, str) and saved_type != own:
+            raise CheckpointError(f"{key}: {path} holds a {saved_type} {what}, but this part builds {own} "
+                                  f"(a checkpoint of the other denoiser, or of another config?)")
     ema = ckpt.get("ema")
     if use_ema and isinstance(ema, dict) and isinstance(ema.get("state_dict"), dict):
-        load_state_dict(model, ema["state_dict"], strict=True, source=f"{path} (ema)")
+        load_state_dict(model, ema["state_dict"], strict=True, source=f"{key}: {path} (ema)")
         return "ema"
     if use_ema:
         logger.warning("%s: %s has no EMA entry (train.ema was off); sampling with its raw weights", key, path)
-    load_state_dict(model, extract_state_dict(ckpt, str(path)), strict=True, source=str(path))
+    load_state_dict(model, extract_state_dict(ckpt, f"{key}: {path}"), strict=True, source=f"{key}: {path}")
     return "raw"
 
 
@@ -83,11 +97,10 @@ class DefectGen(BaseModel):
                  image_size: int | list[int] | None = None, clip_sample: bool = True,
                  classes: list[str] | None = None, num_defect: int | None = None):
         super().__init__()
-        need = {"two_stage": ("large", "small"), "large_only": ("large",), "small_only": ("small",)}
         if mode not in MODES:
             raise ValueError(f"DefectGen: model.mode must be one of {MODES}, got {mode!r}")
         parts = {"large": large, "small": small}
-        for key in need[mode]:
+        for key in STAGES_OF_MODE[mode]:
             if parts[key] is None:
                 raise ValueError(f"DefectGen: model.{key} is required with mode {mode!r} (a DiffusionDenoiser "
                                  f"config dict or the path of its training config)")
@@ -117,6 +130,7 @@ class DefectGen(BaseModel):
         if classes is not None and len(classes) != first.num_defect:
             raise ValueError(f"DefectGen: {len(classes)} classes {list(classes)} but the denoisers generate "
                              f"num_defect {first.num_defect} defect classes")
+        check_eta(eta, "eta")
         check_sampler_options(mode, t_switch, eta, num_inference_steps, compat_repo_sampling,
                               first.num_train_timesteps)
         if int(batch_size) < 1:
@@ -131,6 +145,9 @@ class DefectGen(BaseModel):
         self.image_size = image_size
         self.use_ema = bool(use_ema)
         self.weights_source = {k: "random" for k, p in parts.items() if p is not None}
+        self.size_divisor = max(getattr(self, k).size_divisor for k in self._needed())
+        self._default_size = getattr(self.large if self.large is not None else self.small, "image_size", 64)
+        image_hw(image_size, self._default_size, "model.image_size", self.size_divisor)
         self.load_checkpoints(large_checkpoint, small_checkpoint)
 
     def load_checkpoints(self, large: str | None = None, small: str | None = None) -> dict[str, str]:
@@ -149,7 +166,7 @@ class DefectGen(BaseModel):
         return dict(self.weights_source)
 
     def _needed(self) -> tuple[str, ...]:
-        return {"two_stage": ("large", "small"), "large_only": ("large",), "small_only": ("small",)}[self.mode]
+        return STAGES_OF_MODE[self.mode]
 
     def _stages(self) -> dict:
         return {k: getattr(self, k).denoise for k in self._needed()}
@@ -177,6 +194,7 @@ class DefectGen(BaseModel):
         image = batch["image"]
         metas = batch.get("meta") or [None] * image.shape[0]
         seeds = [sample_seed(m, i, self.seed) for i, m in enumerate(metas)]
+        check_size(tuple(image.shape[-2:]), self.size_divisor, "DefectGen.predict: the batch's images")
         return generate(self._stages(), seeds, self.channels, tuple(image.shape[-2:]), batch_size=len(seeds),
                         device=self._device(), **self.sampler_options())
 
@@ -188,8 +206,8 @@ class DefectGen(BaseModel):
         ``progress(1)`` after each denoiser step (:func:`~.diffusion.count_steps` gives the total
         per sample batch)."""
         seed = self.seed if seed is None else int(seed)
-        default = getattr(self.large if self.large is not None else self.small, "image_size", 64)
-        hw = image_hw(image_size if image_size is not None else self.image_size, default, "model.image_size")
+        hw = image_hw(image_size if image_size is not None else self.image_size, self._default_size,
+                      "image_size" if image_size is not None else "model.image_size", self.size_divisor)
         return generate(self._stages(), range(seed, seed + int(num)), self.channels, hw,
                         batch_size=int(batch_size or self.batch_size), device=self._device(), progress=progress,
                         **self.sampler_options())

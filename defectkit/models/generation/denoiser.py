@@ -55,21 +55,40 @@ class SamplingConfig:
     def __post_init__(self):
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: must be >= 1, got {self.num_inference_steps}")
-        if self.eta < 0:
-            raise ValueError(f"eta: must be >= 0, got {self.eta}")
+        check_eta(self.eta, "eta")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
 
 
-def image_hw(size, default: int, where: str) -> tuple[int, int]:
-    """``size`` (int, [H, W] or None -> ``default``) as (H, W)."""
+def check_eta(eta: float, key: str = "model.eta") -> None:
+    """ValueError naming ``key`` unless 0 <= eta <= 1: DDIM's noise scale sigma_t =
+    eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) exceeds
+    sqrt(1 - abar_prev) for eta > 1, and the step's sqrt(1 - abar_prev - sigma_t^2) is NaN."""
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"{key}: DDIM eta must be in [0, 1] (0: deterministic, the original; 1: DDPM-like "
+                         f"noise; above 1 the DDIM step is NaN), got {eta}")
+
+
+def image_hw(size, default: int, where: str, divisor: int = 1) -> tuple[int, int]:
+    """``size`` (int, [H, W] or None -> ``default``) as (H, W); ValueError naming ``where``
+    unless both are >= 1 and multiples of ``divisor`` (the UNet's 2 ** down-samplings)."""
     if size is None:
         size = default
-    if isinstance(size, int):
-        return int(size), int(size)
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ValueError(f"{where}: expected an int or [H, W], got {size!r}")
+    if isinstance(size, int) and not isinstance(size, bool):
+        hw = int(size), int(size)
+    elif isinstance(size, (list, tuple)) and len(size) == 2:
+        hw = int(size[0]), int(size[1])
+    else:
+        raise ValueError(f"{where}: expected an int or [H, W], got {size!r}")
+    check_size(hw, divisor, where)
+    return hw
+
+
+def check_size(hw: Sequence[int], divisor: int, where: str) -> None:
+    """ValueError naming ``where`` unless H and W (px) are >= 1 and multiples of ``divisor``."""
+    if min(hw) < 1 or any(int(v) % int(divisor) for v in hw):
+        raise ValueError(f"{where}: {hw[0]}x{hw[1]} px, but the denoiser's UNet needs sides that are "
+                         f"multiples of {divisor} (2 ** its down-samplings)")
 
 
 def sample_seed(meta: dict | None, position: int, base: int) -> int:
@@ -170,6 +189,8 @@ class DiffusionDenoiser(BaseModel):
         self.sampling = parse_options(SamplingConfig, sampling, "model.sampling") or SamplingConfig()
         self.denoiser = denoiser
         self.scheduler = make_train_scheduler(self.num_train_timesteps, self.beta_schedule)
+        image_hw(self.sampling.image_size, self.image_size, "model.sampling.image_size"
+                 if self.sampling.image_size is not None else "model.denoiser.image_size", self.size_divisor)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -181,6 +202,11 @@ class DiffusionDenoiser(BaseModel):
     @property
     def image_size(self) -> int:
         return int(getattr(self.denoiser, "image_size", 64))
+
+    @property
+    def size_divisor(self) -> int:
+        """Image sides must be multiples of this (the UNet's 2 ** down-samplings; 1 if unknown)."""
+        return int(getattr(self.denoiser, "size_divisor", 1))
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x float32 (B, C, H, W) noisy sample, t int64 (B,) -> x0_hat (B, C, H, W)."""
@@ -194,6 +220,8 @@ class DiffusionDenoiser(BaseModel):
             raise KeyError(f"{type(self).__name__}: the batch has no 'mask' (a dataset with class-index "
                            f"masks, e.g. MaskFolderDataset or DefectSpectrumDataset, is needed)")
         mask = batch["mask"]
+        check_size(tuple(batch["image"].shape[-2:]), self.size_divisor,
+                   f"{type(self).__name__}: the training images (set a Resize in data.train.pipeline)")
         if mask.numel() and (int(mask.max()) > self.num_defect or int(mask.min()) < 0):
             metas = batch.get("meta") or []
             for i in range(mask.shape[0]):
@@ -244,6 +272,7 @@ class DiffusionDenoiser(BaseModel):
         image = batch["image"]
         metas = batch.get("meta") or [None] * image.shape[0]
         seeds = [sample_seed(m, i, self.sampling.seed) for i, m in enumerate(metas)]
+        check_size(tuple(image.shape[-2:]), self.size_divisor, f"{type(self).__name__}.predict: the batch's images")
         return self._rename(generate(self._stages(), seeds, self.channels, tuple(image.shape[-2:]),
                                      batch_size=len(seeds), device=self._device(), **self._sampler_options()))
 
@@ -256,7 +285,7 @@ class DiffusionDenoiser(BaseModel):
         denoiser's); ``progress(1)`` after each denoiser step."""
         seed = self.sampling.seed if seed is None else int(seed)
         hw = image_hw(image_size if image_size is not None else self.sampling.image_size, self.image_size,
-                      "model.sampling.image_size")
+                      "image_size" if image_size is not None else "model.sampling.image_size", self.size_divisor)
         return self._rename(generate(self._stages(), range(seed, seed + int(num)), self.channels, hw,
                                      batch_size=int(batch_size or self.sampling.batch_size),
                                      device=self._device(), progress=progress, **self._sampler_options()))
