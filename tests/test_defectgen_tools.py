@@ -317,6 +317,11 @@ def test_a_denoiser_config_takes_one_checkpoint_and_its_sampling_keys(generate, 
         generate.main([str(cfg), str(ckpt), "--num", "1", "--out", str(tmp_path / "h"), "--t-switch", "300"])
     with pytest.raises(ConfigError, match="--eta: model UNet has no `eta` option"):
         generate.flag_options({"type": "UNet"}, {"eta": 0.5})
+    # the real denoiser: its `sampling` dataclass says which flags it takes, and the error names the flag
+    assert generate.flag_options({"type": "DiffusionDenoiser"}, {"eta": 0.5, "steps": 3, "mode": None}) == \
+        {"model.sampling.eta": 0.5, "model.sampling.num_inference_steps": 3}
+    with pytest.raises(ConfigError, match="--t-switch: model DiffusionDenoiser has no `t_switch` option"):
+        generate.flag_options({"type": "DiffusionDenoiser"}, {"t_switch": 300})
     with pytest.raises(ConfigError, match="exactly one CHECKPOINT"):
         generate.main([str(cfg), "--num", "1", "--out", str(tmp_path / "h")])
 

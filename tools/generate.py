@@ -96,13 +96,33 @@ def constructor_params(model_type: str) -> dict:
     return dict(inspect.signature(MODELS.get(model_type).__init__).parameters)
 
 
+def option_keys(model_type: str, name: str) -> set[str] | None:
+    """The field names of the option dataclass the model's constructor parameter ``name`` is
+    annotated with (``sampling: SamplingConfig | dict | None``); None when it names none."""
+    import dataclasses
+    import typing
+
+    from defectkit.registry import MODELS
+
+    try:
+        hint = typing.get_type_hints(MODELS.get(model_type).__init__).get(name)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: no key list
+        return None
+    for t in (typing.get_args(hint) or (hint,)):
+        if dataclasses.is_dataclass(t):
+            return {f.name for f in dataclasses.fields(t)}
+    return None
+
+
 def flag_options(model_cfg: dict, flags: dict) -> dict:
     """Dotted ``--cfg-options`` keys for the sampler flags that were given: ``model.<key>``
     when the constructor takes ``key``, else ``model.sampling.<key>`` when it takes a
-    ``sampling`` dict; ``ConfigError`` naming the flag otherwise."""
+    ``sampling`` dict that has the key (its dataclass's fields); ``ConfigError`` naming the
+    flag otherwise (e.g. ``--t-switch`` for a denoiser that samples alone)."""
     from defectkit.config import ConfigError
 
     params = constructor_params(model_cfg.get("type"))
+    sampling = option_keys(model_cfg.get("type"), "sampling") if "sampling" in params else None
     out = {}
     for dest, value in flags.items():
         if value is None:
@@ -110,7 +130,7 @@ def flag_options(model_cfg: dict, flags: dict) -> dict:
         key = FLAG_KEYS[dest]
         if key in params:
             out[f"model.{key}"] = value
-        elif "sampling" in params:
+        elif "sampling" in params and (sampling is None or key in sampling):
             out[f"model.sampling.{key}"] = value
         else:
             raise ConfigError(f"--{dest.replace('_', '-')}: model {model_cfg.get('type')} has no `{key}` "
