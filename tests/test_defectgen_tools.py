@@ -360,6 +360,12 @@ def test_filter_alignment_drops_pairs_below_the_threshold(generate, sampler_cfg,
     assert len(coco["images"]) == 8 - len(bad)
     with pytest.raises(SystemExit, match="needs --seg-config and --seg-checkpoint"):
         generate.main([str(sampler_cfg), "--num", "1", "--out", str(tmp_path / "h"), "--filter-alignment", "0.5"])
+    monkeypatch.undo()                                      # the real loader: a missing checkpoint names the flag
+    with pytest.raises(SystemExit, match=r"--seg-config/--seg-checkpoint: .*file not found: .*nope\.pth") as e:
+        generate.main([str(sampler_cfg), "--num", "1", "--out", str(tmp_path / "h"), "--filter-alignment", "0.5",
+                       "--seg-config", "configs/defectgen/seg_unet_tiny_synth.yaml",
+                       "--seg-checkpoint", str(tmp_path / "nope.pth")])
+    assert "evaluation.alignment" not in str(e.value)
 
 
 def test_generate_refuses_an_output_folder_with_other_files(generate, sampler_cfg, tmp_path):

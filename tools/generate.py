@@ -309,7 +309,7 @@ def main(argv=None):
 
         try:
             segmenter = load_alignment_segmenter(args.seg_config, args.seg_checkpoint, device)
-        except ValueError as e:
+        except (ValueError, FileNotFoundError) as e:     # its messages name the file, not this tool's flag
             sys.exit(f"generate: --seg-config/--seg-checkpoint: {e}")
         seg_classes = getattr(segmenter, "classes", None)
         if seg_classes and list(seg_classes) != classes:

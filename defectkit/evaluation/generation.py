@@ -142,7 +142,7 @@ class AlignmentSegmenter:
 def _read_weights(checkpoint: str, use_ema: bool) -> tuple[dict, dict, str]:
     """``(state_dict, meta, "ema"|"raw")`` of a defectkit checkpoint (or a bare state dict)."""
     if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"evaluation.alignment.checkpoint: file not found: {checkpoint}")
+        raise FileNotFoundError(f"alignment segmenter checkpoint file not found: {checkpoint}")
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:   # torch's text here suggests weights_only=False: not for a user
