@@ -268,6 +268,13 @@ def test_bad_sampler_options_and_checkpoints_are_config_errors_naming_the_key(tm
                                               r"denoiser, but this part builds ADMUNet"):
         build_model(cfg | {"large_checkpoint": str(tmp_path / "s.pth")})
     assert build_model(cfg | {"small_checkpoint": str(tmp_path / "s.pth")}).weights_source["small"] == "raw"
+    # classes: a checkpoint trained on other classes (here: the same two in another order) is refused,
+    # and a config without classes takes the checkpoint's
+    torch.save({"state_dict": small.state_dict(), "meta": {"classes": ["stain", "hole"]}}, tmp_path / "c.pth")
+    with pytest.raises(CheckpointError, match=r"model.small_checkpoint: .*c\.pth was trained on the classes "
+                                              r"\['stain', 'hole'\], but the model generates \['hole', 'stain'\]"):
+        build_model(cfg | {"classes": ["hole", "stain"], "small_checkpoint": str(tmp_path / "c.pth")})
+    assert build_model(cfg | {"small_checkpoint": str(tmp_path / "c.pth")}).classes == ["stain", "hole"]
 
 
 def test_defect_gen_samples_with_the_ema_weights(tmp_path):

@@ -34,16 +34,25 @@ logger = logging.getLogger(__name__)
 STAGES_OF_MODE = {"two_stage": ("large", "small"), "large_only": ("large",), "small_only": ("small",)}
 
 
-def load_denoiser_weights(model: nn.Module, path: str, use_ema: bool = True, key: str = "large_checkpoint") -> str:
+def load_denoiser_weights(model: nn.Module, path: str, use_ema: bool = True, key: str = "large_checkpoint",
+                          classes: Sequence[str] | None = None) -> str:
     """Load the checkpoint file ``path`` into ``model`` (strict): its EMA weights
     (``ckpt["ema"]["state_dict"]``) when ``use_ema`` and present, else its model weights.
     Returns "ema" or "raw"; every failure is a ``CheckpointError`` naming ``key`` and the
     file, among them a checkpoint of another model or denoiser network (its stored config's
-    ``model.type`` / ``model.denoiser.type``), caught before the weights are compared."""
+    ``model.type`` / ``model.denoiser.type``), caught before the weights are compared, and
+    one trained on other defect classes than ``classes`` (default: ``model.classes``; mask
+    value k means the k-th class, so a same-size list in another order would mislabel every
+    mask). A ``model`` without classes takes the checkpoint's (``meta.classes``)."""
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
         raise type(e)(f"{key}: {e}") from e
+    saved_classes = (ckpt.get("meta") or {}).get("classes")
+    want = classes if classes is not None else getattr(model, "classes", None)
+    if isinstance(saved_classes, list) and want is not None and list(want) != list(saved_classes):
+        raise CheckpointError(f"{key}: {path} was trained on the classes {list(saved_classes)}, but the "
+                              f"model generates {list(want)} (mask values are class indices: same names, same order)")
     saved = ((ckpt.get("meta") or {}).get("config") or {}).get("model") or {}
     net = getattr(model, "denoiser", None)
     for what, saved_type, own in (("model", saved.get("type"), type(model).__name__),
@@ -55,11 +64,16 @@ def load_denoiser_weights(model: nn.Module, path: str, use_ema: bool = True, key
     ema = ckpt.get("ema")
     if use_ema and isinstance(ema, dict) and isinstance(ema.get("state_dict"), dict):
         load_state_dict(model, ema["state_dict"], strict=True, source=f"{key}: {path} (ema)")
-        return "ema"
-    if use_ema:
-        logger.warning("%s: %s has no EMA entry (train.ema was off); sampling with its raw weights", key, path)
-    load_state_dict(model, extract_state_dict(ckpt, f"{key}: {path}"), strict=True, source=f"{key}: {path}")
-    return "raw"
+        source = "ema"
+    else:
+        if use_ema:
+            logger.warning("%s: %s has no EMA entry (train.ema was off); sampling with its raw weights", key, path)
+        load_state_dict(model, extract_state_dict(ckpt, f"{key}: {path}"), strict=True, source=f"{key}: {path}")
+        source = "raw"
+    if isinstance(saved_classes, list) and getattr(model, "classes", None) is None \
+            and len(saved_classes) == getattr(model, "num_defect", len(saved_classes)):
+        model.classes = [str(c) for c in saved_classes]
+    return source
 
 
 @MODELS.register()
@@ -162,7 +176,10 @@ class DefectGen(BaseModel):
                 continue
             if part is None:
                 raise CheckpointError(f"model.{key}_checkpoint: {path} given but model.{key} is not configured")
-            self.weights_source[key] = load_denoiser_weights(part, path, self.use_ema, f"model.{key}_checkpoint")
+            self.weights_source[key] = load_denoiser_weights(part, path, self.use_ema, f"model.{key}_checkpoint",
+                                                             self.classes)
+            if self.classes is None and part.classes is not None:
+                self.classes = list(part.classes)      # named by the checkpoint the config did not name
         return dict(self.weights_source)
 
     def _needed(self) -> tuple[str, ...]:
