@@ -319,6 +319,18 @@ def test_denoiser_output_shapes_and_sizes():
     assert sindiffusion_param_count_full(6) == pytest.approx(98.2e6, abs=0.05e6)
 
 
+def test_stage_name_is_declared_by_the_network():
+    """A denoiser alone labels its timing with its network's declared stage, not by the
+    class name (a user's ADMUNet subclass is still the large-receptive-field model)."""
+    class MyADM(ADMUNet):
+        pass
+
+    net = MyADM(**{k: v for k, v in tiny_adm().items() if k != "type"})
+    assert DiffusionDenoiser(net, num_defect=K).stage_name == "large"
+    assert build_model(denoiser_cfg(tiny_adm())).stage_name == "large"
+    assert build_model(denoiser_cfg(tiny_sin())).stage_name == "small"
+
+
 def test_sindiffusion_receptive_field_is_157_px_empirically():
     """Gradient of one output pixel w.r.t. the input (GroupNorm statistics removed, random
     weights): the non-zero window is exactly receptive_field() wide."""

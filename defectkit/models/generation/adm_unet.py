@@ -64,6 +64,8 @@ class ADMUNet(nn.Module):
         mid_attention: self-attention in the middle block (True, as the original).
     """
 
+    stage = "large"      # the two-stage sampler's name for this network (stage_seconds keys)
+
     def __init__(self, in_channels: int = 9, image_size: int = 256, model_channels: int = 128,
                  channel_mult: list[int] = (1, 1, 2, 2, 4, 4), num_res_blocks: int = 2,
                  attention_downsample: list[int] = (8, 16, 32), num_head_channels: int = 16,

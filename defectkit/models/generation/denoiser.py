@@ -17,8 +17,8 @@ trains both models on all 1000 steps) restricts training to the stage the denois
 e.g. [400, 999] for the large model and [0, 399] for the small one with t_switch 400.
 
 ``predict(batch)`` and ``sample(num, seed)`` run :func:`~.diffusion.sample_loop` with this
-denoiser for every step (``mode: large_only``, the stage is labelled ``"large"`` for an
-ADM denoiser and ``"small"`` otherwise: ``stage_name``). The trainer's EMA hook swaps the
+denoiser for every step (``mode: large_only``; the stage is labelled with the network's
+declared ``stage``, "large" for the ADM UNet and "small" for the SinDiffusion one: ``stage_name``). The trainer's EMA hook swaps the
 averaged weights in around evaluation; ``DefectGen`` loads ``ckpt["ema"]`` for sampling.
 """
 from __future__ import annotations
@@ -195,9 +195,9 @@ class DiffusionDenoiser(BaseModel):
     # ------------------------------------------------------------------ properties
     @property
     def stage_name(self) -> str:
-        """"large" for an ADM-style network with attention, "small" otherwise (the key of
-        ``stage_seconds`` when sampling alone)."""
-        return "large" if type(self.denoiser).__name__ == "ADMUNet" else "small"
+        """The network's ``stage`` ("large" for the ADM UNet, "small" for the SinDiffusion
+        one; "small" when it declares none): the key of ``stage_seconds`` when sampling alone."""
+        return str(getattr(self.denoiser, "stage", "small"))
 
     @property
     def image_size(self) -> int:

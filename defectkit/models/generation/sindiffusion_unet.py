@@ -111,6 +111,8 @@ class SinDiffusionUNet(nn.Module):
             2 ** (levels - 1) works).
     """
 
+    stage = "small"      # the two-stage sampler's name for this network (stage_seconds keys)
+
     def __init__(self, in_channels: int = 6, model_channels: int = 192, channel_mult: list[int] = (1, 2, 4),
                  num_res_blocks: int = 2, use_scale_shift_norm: bool = False, dropout: float = 0.0,
                  norm_num_groups: int = 32, image_size: int = 256):
