@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import defectkit  # noqa: F401  (registers everything)
+from defectkit.checkpoint_io import CheckpointError
 from defectkit.evaluation import generation_metrics as GM
 from defectkit.evaluation.generation import (GenerationEvaluator, alignment_scores, load_alignment_segmenter)
 from defectkit.models.generation.result import GenerationResult
@@ -319,25 +320,32 @@ def test_alignment_checkpoint_errors_name_the_file(tiny_segmenter, tmp_path):
         load_alignment_segmenter(str(cfg), str(znet), "cpu")
     text = tmp_path / "text.pth"
     text.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=r"text\.pth: corrupt, truncated or not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"text\.pth: corrupt, truncated or not a PyTorch checkpoint"):
         load_alignment_segmenter(str(cfg), str(text), "cpu")
+    with pytest.raises(CheckpointError, match=r"checkpoint file not found: .*nope\.pth"):
+        load_alignment_segmenter(str(cfg), str(tmp_path / "nope.pth"), "cpu")
 
 
 def test_alignment_errors_are_user_errors_under_the_tools(tiny_segmenter, tmp_path):
     """tools/test.py builds the evaluator and meets the segmenter's errors while testing:
-    they must be ConfigErrors (one ``config error:`` line under run_main, no traceback)
-    naming the key and the file, and torch's advice to set weights_only=False is not shown."""
+    they must be user errors (ConfigError / CheckpointError: one ``<kind> error:`` line under
+    run_main, no traceback) naming the key and the file, and torch's advice to set
+    weights_only=False is not shown."""
     from defectkit.config import ConfigError
 
     cfg, _ = tiny_segmenter
     text = tmp_path / "text.pth"
     text.write_text("not a checkpoint")
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(CheckpointError) as e:
         load_alignment_segmenter(str(cfg), str(text), "cpu")
     assert "weights_only` set to `False`" not in str(e.value)
     ev = GenerationEvaluator(classes=["hole", "stain"], alignment={"config": str(cfg), "checkpoint": str(text)})
     res, batch, _ = results_and_batch()
-    with pytest.raises(ConfigError, match=r"evaluation.alignment: .*text\.pth: corrupt"):
+    with pytest.raises(CheckpointError, match=r"evaluation.alignment: .*text\.pth: corrupt"):
+        ev.process(batch, res)
+    ev = GenerationEvaluator(classes=["hole", "stain"], alignment={"config": str(tmp_path / "none.yaml"),
+                                                                   "checkpoint": str(text)})
+    with pytest.raises(ConfigError, match=r"evaluation.alignment: .*none\.yaml"):
         ev.process(batch, res)
     with pytest.raises(ConfigError, match="evaluation.copy_ssim_threshold"):
         GenerationEvaluator(copy_ssim_threshold=2)

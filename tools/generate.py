@@ -305,11 +305,12 @@ def main(argv=None):
     classes = model_classes(model, meta, cfg)
     segmenter = None
     if args.filter_alignment is not None:
+        from defectkit.checkpoint_io import CheckpointError
         from defectkit.evaluation.generation import load_alignment_segmenter
 
         try:
             segmenter = load_alignment_segmenter(args.seg_config, args.seg_checkpoint, device)
-        except (ValueError, FileNotFoundError) as e:     # its messages name the file, not this tool's flag
+        except (ValueError, FileNotFoundError, CheckpointError) as e:   # they name the file, not this tool's flag
             sys.exit(f"generate: --seg-config/--seg-checkpoint: {e}")
         seg_classes = getattr(segmenter, "classes", None)
         if seg_classes and list(seg_classes) != classes:

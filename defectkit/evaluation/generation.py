@@ -29,7 +29,7 @@ matrix, background included) and ``alignment_iou.<class>``; with ``fid``: ``fid`
 Layering (docs/architecture.md): evaluation imports neither ``defectkit.models`` nor
 ``defectkit.engine``, so the alignment segmenter is built from the bottom row only: its
 config with ``defectkit.config.load_config``, the model with the ``MODELS`` registry, its
-input pipeline with ``TRANSFORMS``, and the checkpoint read here with ``torch.load``
+input pipeline with ``TRANSFORMS``, and the checkpoint read with ``defectkit.checkpoint_io``
 (``weights_only=True``; the EMA entry ``ckpt["ema"]["state_dict"]`` when present).
 """
 from __future__ import annotations
@@ -38,13 +38,13 @@ import inspect
 import logging
 import math
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..checkpoint_io import CheckpointError, load_checkpoint, select_weights
 from ..config import ConfigError, load_config, parse_options
 from ..registry import DATASETS, EVALUATORS, MODELS, TRANSFORMS
 from .base import BaseEvaluator, batch_meta, format_table, metric_notes
@@ -140,29 +140,11 @@ class AlignmentSegmenter:
 
 
 def _read_weights(checkpoint: str, use_ema: bool) -> tuple[dict, dict, str]:
-    """``(state_dict, meta, "ema"|"raw")`` of a defectkit checkpoint (or a bare state dict)."""
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"alignment segmenter checkpoint file not found: {checkpoint}")
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:   # torch's text here suggests weights_only=False: not for a user
-        raise ConfigError(f"{checkpoint}: corrupt, truncated or not a PyTorch checkpoint (or it holds objects "
-                          f"torch.load(weights_only=True) refuses)") from e
-    except Exception as e:  # noqa: BLE001 - corrupt / not a checkpoint: one line naming it
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ConfigError(f"{checkpoint}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from e
-    if not isinstance(ckpt, dict):
-        raise ConfigError(f"{checkpoint}: holds a {type(ckpt).__name__}, expected a checkpoint dict")
-    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
-    ema = ckpt.get("ema") if isinstance(ckpt.get("ema"), dict) else None
-    if use_ema and ema is not None and isinstance(ema.get("state_dict"), dict):
-        return ema["state_dict"], meta, "ema"
-    for key in ("state_dict", "model"):
-        if isinstance(ckpt.get(key), dict):
-            return ckpt[key], meta, "raw"
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt, meta, "raw"
-    raise ConfigError(f"{checkpoint}: no model weights (expected a 'state_dict' entry)")
+    """``(state_dict, meta, "ema"|"raw")`` of a defectkit checkpoint (or a bare state dict),
+    read with the bottom layer's ``checkpoint_io`` (``CheckpointError`` naming the file)."""
+    ckpt = load_checkpoint(checkpoint)
+    state, weights = select_weights(ckpt, str(checkpoint), use_ema)
+    return state, ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}, weights
 
 
 def load_alignment_segmenter(config: str | dict, checkpoint: str, device: str | torch.device | None = None,
@@ -171,7 +153,7 @@ def load_alignment_segmenter(config: str | dict, checkpoint: str, device: str | 
     the classes stored in ``checkpoint`` (``meta.classes``; else the config's data classes),
     load its weights strictly (EMA entry when ``use_ema`` and present) and take its
     ``data.test`` (else ``data.val``) pipeline as input transforms. Errors are one line
-    naming the file (``FileNotFoundError`` / ``ConfigError``, a ``ValueError``)."""
+    naming the file (``CheckpointError`` for the checkpoint file, ``ConfigError`` for the rest)."""
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
     where = str(config) if isinstance(config, (str, os.PathLike)) else "alignment config"
     model_cfg = cfg.get("model")
@@ -304,8 +286,8 @@ class GenerationEvaluator(BaseEvaluator):
             try:
                 self._segmenter = load_alignment_segmenter(a.config, a.checkpoint, self.device, a.use_ema,
                                                            a.batch_size)
-            except ConfigError as e:
-                raise ConfigError(f"evaluation.alignment: {e}") from e
+            except (ConfigError, CheckpointError) as e:
+                raise type(e)(f"evaluation.alignment: {e}") from e
             seg, gen = self._segmenter.classes, self.classes
             if seg is not None and gen is not None and list(seg) != list(gen):
                 raise ConfigError(f"evaluation.alignment: the segmenter ({a.checkpoint}) has classes {list(seg)} "

@@ -25,7 +25,7 @@ from torch import nn
 
 from ...registry import MODELS
 from ..base import BaseModel
-from ..weights import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict
+from ..weights import CheckpointError, load_checkpoint, load_state_dict, select_weights
 from .diffusion import MODES, check_sampler_options
 from .denoiser import DiffusionDenoiser, check_eta, check_size, generate, image_hw, sample_seed
 from .result import GenerationResult
@@ -61,15 +61,10 @@ def load_denoiser_weights(model: nn.Module, path: str, use_ema: bool = True, key
         if isinstance(saved_type, str) and saved_type != own:
             raise CheckpointError(f"{key}: {path} holds a {saved_type} {what}, but this part builds {own} "
                                   f"(a checkpoint of the other denoiser, or of another config?)")
-    ema = ckpt.get("ema")
-    if use_ema and isinstance(ema, dict) and isinstance(ema.get("state_dict"), dict):
-        load_state_dict(model, ema["state_dict"], strict=True, source=f"{key}: {path} (ema)")
-        source = "ema"
-    else:
-        if use_ema:
-            logger.warning("%s: %s has no EMA entry (train.ema was off); sampling with its raw weights", key, path)
-        load_state_dict(model, extract_state_dict(ckpt, f"{key}: {path}"), strict=True, source=f"{key}: {path}")
-        source = "raw"
+    state, source = select_weights(ckpt, f"{key}: {path}", use_ema)
+    if use_ema and source == "raw":
+        logger.warning("%s: %s has no EMA entry (train.ema was off); sampling with its raw weights", key, path)
+    load_state_dict(model, state, strict=True, source=f"{key}: {path}" + (" (ema)" if source == "ema" else ""))
     if isinstance(saved_classes, list) and getattr(model, "classes", None) is None \
             and len(saved_classes) == getattr(model, "num_defect", len(saved_classes)):
         model.classes = [str(c) for c in saved_classes]
