@@ -88,7 +88,7 @@ def _build_parts(model_cls: Any, model_cfg: dict, classes: list[str] | None) -> 
     parts = model_cls.model_parts if inspect.isclass(model_cls) and issubclass(model_cls, BaseModel) else {}
     cfg = dict(model_cfg)
     for key, takes_classes in parts.items():
-        if key not in cfg or isinstance(cfg[key], torch.nn.Module):
+        if cfg.get(key) is None or isinstance(cfg[key], torch.nn.Module):    # absent / null: not used
             continue
         part = dict(part_config(cfg[key], f"model.{key}"))
         part_classes = None
@@ -133,7 +133,14 @@ def loads_own_weights(model_cfg: dict) -> bool:
 
 
 def build_dataset(dataset_cfg: dict) -> Any:
-    return DATASETS.build(dataset_cfg)
+    """Build a dataset config; a constructor's own value check (``ValueError``) becomes a
+    ``ConfigError`` naming the dataset type (file problems stay ``DataFormatError``)."""
+    try:
+        return DATASETS.build(dataset_cfg)
+    except (ConfigError, DataFormatError):
+        raise
+    except ValueError as e:
+        raise ConfigError(f"dataset ({dataset_cfg.get('type')}): {e}") from e
 
 
 def build_evaluator(eval_cfg: dict, classes: list[str] | None = None, dataset: Any = None) -> Any:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigError
 from . import distributed as dist_utils
 
 
@@ -19,7 +20,7 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
     d = torch.device(device)
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device '{device}' was requested but CUDA is not available "
+            raise ConfigError(f"device '{device}' was requested but CUDA is not available "
                                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
                                f"use device: cpu")
         if d.index is None or dist_utils.get_world_size() > 1:   # one GPU per process under torchrun
