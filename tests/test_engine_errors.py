@@ -46,3 +46,12 @@ def test_cuda_without_cuda_is_a_config_error():
     with pytest.raises(ConfigError, match="CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_defectgen_never_reads_a_config_itself(tmp_path):
+    """A model never calls load_config: a part given as a config path is built by the builder;
+    given directly to the class it is a one-line TypeError saying so."""
+    from defectkit.models.generation.defect_gen import DefectGen
+
+    with pytest.raises(TypeError, match="build_model"):
+        DefectGen(large="configs/defectgen/adm_large_tiny_synth.yaml", mode="large_only")

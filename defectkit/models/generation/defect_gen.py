@@ -114,12 +114,10 @@ class DefectGen(BaseModel):
                 raise ValueError(f"DefectGen: model.{key} is required with mode {mode!r} (a DiffusionDenoiser "
                                  f"config dict or the path of its training config)")
         for key, part in parts.items():
-            if isinstance(part, str):           # a training config file (the builder resolves it first)
-                from ...config import load_config
-
-                part = load_config(part).get("model")
-                if not isinstance(part, dict):
-                    raise ValueError(f"DefectGen: model.{key}: config file {parts[key]} has no `model` section")
+            if isinstance(part, str):           # a model never reads a config (docs/architecture.md)
+                raise TypeError(f"DefectGen: model.{key} is the config path {part!r}: build DefectGen with "
+                                f"defectkit.engine.builders.build_model (the tools do), which builds the "
+                                f"parts from their configs, or pass a config dict / a built DiffusionDenoiser")
             if isinstance(part, dict):
                 part = parts[key] = MODELS.build(part)
             if part is not None and not isinstance(part, DiffusionDenoiser):
