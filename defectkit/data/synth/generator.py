@@ -146,6 +146,7 @@ def render(preset: Preset, index: int, seed: int, width: int, height: int, norma
     img, scene = preset.background(rng, height, width)
     img = np.ascontiguousarray(img, dtype=np.float32)
     canvas = Canvas(img, scene)
+    canvas.scale *= float(preset.extra.get("defect_scale", 1.0))   # the gen preset's larger defects
     placed = []
     if not normal:
         k = 1

@@ -134,7 +134,11 @@ def hole(canvas, rng, s):
     return reg
 
 
-def stain(canvas, rng, s):
+STAIN_COLORS = [(120, 85, 40), (170, 150, 60), (60, 60, 60), (150, 110, 110)]
+
+
+def stain(canvas, rng, s, colors=None):
+    """Soft colour patch; ``colors`` (default STAIN_COLORS) is the palette it draws from."""
     r = lerp(5.0, 36.0, rng.random()) * canvas.scale
     cx, cy = random_point(rng, canvas, r * 0.5)
     poly = G.blob(rng, cx, cy, r * rng.uniform(0.6, 1.5), r, 0.3, rng.uniform(0, np.pi))
@@ -142,7 +146,7 @@ def stain(canvas, rng, s):
     if reg is None:
         return None
     crop = canvas.crop(reg)
-    colors = [(120, 85, 40), (170, 150, 60), (60, 60, 60), (150, 110, 110)]
+    colors = STAIN_COLORS if colors is None else colors
     col = colors[rng.integers(len(colors))]
     a = soft(reg.mask, max(1.0, r / 4)) * (F32(0.75) + F32(0.25) * local_noise(rng, reg.mask.shape, max(1.0, r / 5)))
     tint(crop, np.clip(a, 0, 1), col, lerp(0.12, 0.65, s))

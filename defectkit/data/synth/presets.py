@@ -6,6 +6,7 @@ class-index masks use the same numbers).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from . import painters as P
@@ -103,3 +104,16 @@ _add(Preset(
     size=(256, 256), num_images=400, normal_ratio=0.44, max_defects=2, p_more=0.3,
     modelled_on="none: `make demo`'s detector rows, where a few CPU minutes must show learning",
     extra={"min_strength": 0.5}))
+
+_add(Preset(
+    name="gen",
+    description="Defect-Gen's tiny CPU set: the `texture` background with large, dark holes and "
+                "large, vivid colour stains (rust, ink blue, yellow), every defect drawn at "
+                "strength >= 0.8 and 2.5x the usual size, so both classes stay visible at 64 px",
+    background=T.texture,
+    painters={"hole": P.hole,
+              "stain": partial(P.stain, colors=[(150, 45, 30), (45, 80, 165), (200, 175, 35)])},
+    weights={"hole": 0.5, "stain": 0.5},
+    size=(64, 64), num_images=200, normal_ratio=0.3, max_defects=2, p_more=0.3,
+    modelled_on="Defect-Gen's tiny CPU experiment: 2 classes, 5 real defective images per class",
+    extra={"min_strength": 0.8, "defect_scale": 2.5}))
