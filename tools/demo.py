@@ -28,8 +28,8 @@ DATASETS = {
     "data/demo_padim": ["--preset", "fabric", "--num-images", "200", "--size", "128x128", "--seed", "0"],
     # the detector rows' clear-defect set (2 classes; see configs/_base_/demo_det.yaml)
     "data/demo_det": ["--preset", "demo", "--num-images", "400", "--size", "256x256", "--seed", "0"],
-    # Defect-Gen's tiny set (configs/defectgen/_tiny_synth_data.yaml)
-    "data/demo_gen": ["--preset", "demo", "--num-images", "200", "--size", "64x64", "--seed", "0"],
+    # Defect-Gen's tiny set with defects visible at 64 px (configs/defectgen/_gen_synth_data.yaml)
+    "data/gen_synth": ["--preset", "gen", "--num-images", "200", "--size", "64x64", "--seed", "0"],
 }
 
 # one row per run: (family, config, the metrics shown in the table, what the row shows).
@@ -45,7 +45,7 @@ DEFECTGEN = "configs/defectgen/defectgen_two_stage_demo_synth.yaml"
 # configs trained (not tested or shown) before the row that loads their checkpoints
 TRAIN_FIRST = {DEFECTGEN: ["configs/defectgen/adm_large_demo_synth.yaml",
                            "configs/defectgen/sindiffusion_small_demo_synth.yaml",
-                           "configs/defectgen/seg_unet_tiny_synth.yaml"]}
+                           "configs/defectgen/seg_unet_gen_synth.yaml"]}
 DEFECTNET = "configs/defectnet/defectnet_const_faster_demo_synth.yaml"
 RUNS = [
     ("classifier", "configs/classifier/smallcnn_tiny_synth.yaml", _CLS,
@@ -70,7 +70,7 @@ RUNS = [
      [("alignment_defect_iou_pooled", "align IoU"), ("msssim_diversity", "MS-SSIM"), ("copy_share", "copies")],
      "generates image + mask pairs (grid: work_dirs/defectgen_two_stage_demo_synth/test/generated_grid.png); "
      "a segmenter trained on real data finds their defects with pooled IoU {alignment_defect_iou_pooled:.2f}, "
-     "{copy_share:.0%} copies of the 8 training images"),
+     "{copy_share:.0%} copies of the 7 training images"),
 ]
 ATT_PAIR = (ONE_MODEL, DEFECTNET)   # timed interleaved in one process; the first is the reference
 # rows that train (and test) side by side, one thread each: on 2 cores two single-thread runs
