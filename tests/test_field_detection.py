@@ -155,9 +155,10 @@ def test_demo_trains_side_by_side_rows_together():
     assert groups[0] == ["configs/classifier/smallcnn_tiny_synth.yaml"]     # the detectors need it first
     assert groups[1] == [demo.ONE_MODEL, demo.DEFECTNET]
     assert len(groups[2]) == 3
-    assert groups[3:] == [[demo.DEFECTGEN]] and len(groups) == 4    # samples from parts trained before it
+    # the Defect-Gen rows sample from parts trained before them
+    assert groups[3:] == [[demo.DEFECTGEN], [demo.DEFECTGEN_LARGE]] and len(groups) == 5
     # a finished row drops out; the rest of its set still trains together
-    assert [len(g) for g in demo.side_by_side_groups(todo[2:])] == [1, 3, 1]
+    assert [len(g) for g in demo.side_by_side_groups(todo[2:])] == [1, 3, 1, 1]
     # Defect-Gen's parts (two denoisers + the judge segmenter) train together, before the row
     first = [(c, None, None, []) for c in demo.TRAIN_FIRST[demo.DEFECTGEN]]
     assert [[j[0] for j in g] for g in demo.side_by_side_groups(first + todo[-1:])] == [
