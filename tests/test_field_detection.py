@@ -161,7 +161,7 @@ def test_demo_trains_side_by_side_rows_together():
     assert [len(g) for g in demo.side_by_side_groups(todo[2:])] == [1, 3, 1, 1]
     # Defect-Gen's parts (two denoisers + the judge segmenter) train together, before the row
     first = [(c, None, None, []) for c in demo.TRAIN_FIRST[demo.DEFECTGEN]]
-    assert [[j[0] for j in g] for g in demo.side_by_side_groups(first + todo[-1:])] == [
+    assert [[j[0] for j in g] for g in demo.side_by_side_groups(first + [(demo.DEFECTGEN, None, None, [])])] == [
         demo.TRAIN_FIRST[demo.DEFECTGEN], [demo.DEFECTGEN]]
     for c in demo.TRAIN_FIRST[demo.DEFECTGEN]:
         assert (ROOT / c).is_file()
