@@ -112,11 +112,13 @@ class ADMUNet(nn.Module):
         """x float32 (B, C, H, W), t int64 (B,) -> x0_hat (B, C, H, W)."""
         return self.unet(x, t).sample
 
-    def receptive_field(self, image_size: int | None = None) -> float:
-        """Theoretical receptive field in px: ``inf`` (global) with any self-attention."""
+    def receptive_field(self, image_size: int | None = None) -> float | None:
+        """Theoretical receptive field in px: ``inf`` (global) with any self-attention; None
+        for an attention-free variant (not computed: the paper's large model always has
+        attention; without it five down-samplings already exceed any tiny input)."""
         if any(self.attention_levels) or self.unet.config.add_attention:
             return float("inf")
-        raise NotImplementedError("ADMUNet without attention: receptive field not computed")
+        return None
 
 
 def adm_param_count_full(in_channels: int = 9) -> int:
