@@ -96,17 +96,24 @@ def _torchrun() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="needs torch.distributed with gloo")
-def test_two_process_ddp_on_cpu(tmp_path):
+def run_two_processes(worker_source: str, tmp_path) -> None:
+    """Write ``worker_source`` to ``tmp_path/worker.py`` and run it under torchrun with 2
+    CPU processes (gloo, one thread each, the tests folder importable), ``tmp_path`` as its
+    argument; fails the test with the output tails when it exits non-zero."""
     script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
+    script.write_text(worker_source)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     cmd = _torchrun() + ["--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_two_process_ddp_on_cpu(tmp_path):
+    run_two_processes(_WORKER, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2] and {r["ddp"] for r in ranks} == {"DistributedDataParallel"}
     # rank 0's gathered evaluation saw each of the 13 val images exactly once (shards 7 + 6)

@@ -180,18 +180,9 @@ t.close()
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="needs torch.distributed with gloo")
 def test_ema_under_ddp_averages_the_unwrapped_model(tmp_path):
-    import os
-    import subprocess
+    from test_distributed import run_two_processes
 
-    from test_distributed import TESTS, _torchrun
-
-    script = tmp_path / "worker.py"
-    script.write_text(_DDP_WORKER)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(_torchrun() + ["--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_two_processes(_DDP_WORKER, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert set(r0["ema"]) == set(r0["model"])                      # model keys, no "module." prefix
     assert all(torch.equal(r0["ema"][k], r1["ema"][k]) for k in r0["ema"])   # same EMA on every rank
