@@ -188,8 +188,9 @@ def test_every_sample_unreadable_is_one_clear_error(tmp_path):
         run_inference(NoisyOracle(str(ann)), build_eval_loader(ds), DetectionEvaluator(dataset=ds), "cpu")
 
 
-def test_test_tool_skips_and_names_an_unreadable_image(tmp_path, capsys):
-    ann = write_coco(tmp_path, corrupt=1)
+def noisy_oracle_config(tmp_path: Path, ann: Path) -> tuple[Path, Path]:
+    """``(config, checkpoint)`` for tools/test.py: the noisy oracle detector on the COCO file
+    ``ann`` (images in ``tmp_path/img``) with ``skip_invalid: true``."""
     cfg = tmp_path / "noisy.yaml"
     cfg.write_text(f"""
 _base_: {ROOT / 'configs/_base_/runtime/default.yaml'}
@@ -208,6 +209,12 @@ data:
 """)
     ckpt = tmp_path / "w.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": {"classes": list(CAT_NAMES)}}, ckpt)
+    return cfg, ckpt
+
+
+def test_test_tool_skips_and_names_an_unreadable_image(tmp_path, capsys):
+    ann = write_coco(tmp_path, corrupt=1)
+    cfg, ckpt = noisy_oracle_config(tmp_path, ann)
     out = tmp_path / "out"
     tool("test").main([str(cfg), str(ckpt), "--out-dir", str(out), "--batch-size", "2"])
     printed = capsys.readouterr().out

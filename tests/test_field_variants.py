@@ -79,23 +79,12 @@ def test_images_the_reader_dropped_are_listed_with_the_unreadable_ones(tmp_path,
     evaluating: tools/test.py lists both in metrics.json ``skipped`` and its summary."""
     import json
 
-    from helpers_tools import ROOT, tool
-    from test_field_eval import CAT_NAMES, write_coco
+    from helpers_tools import tool
+    from test_field_eval import noisy_oracle_config, write_coco
 
     ann = write_coco(tmp_path, corrupt=1)
     (tmp_path / "img" / "im5.png").unlink()            # a normal image whose file is gone
-    cfg = tmp_path / "noisy.yaml"
-    cfg.write_text(f"""
-_base_: {ROOT / 'configs/_base_/runtime/default.yaml'}
-model: {{type: _FieldNoisyOracle, ann_file: {ann}}}
-evaluation: {{type: DetectionEvaluator, score_thr: 0.05}}
-data:
-  test: {{type: CocoDataset, ann_file: {ann}, img_dir: {tmp_path / 'img'}, skip_invalid: true,
-          pipeline: [{{type: Resize, scale: [64, 64], keep_ratio: true}}, {{type: Normalize}}]}}
-  num_workers: 0
-""")
-    ckpt = tmp_path / "w.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": {"classes": list(CAT_NAMES)}}, ckpt)
+    cfg, ckpt = noisy_oracle_config(tmp_path, ann)
     tool("test").main([str(cfg), str(ckpt), "--out-dir", str(tmp_path / "out"), "--show", "0"])
     printed = capsys.readouterr().out
     rec = json.loads((tmp_path / "out" / "metrics.json").read_text())
