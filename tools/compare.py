@@ -259,7 +259,6 @@ def ensure_metrics(config: str, work_root: Path, train: bool, device: str | None
     metrics = dict(record["metrics"])
     if "params" in record:                     # tools/test.py stores the parameter count
         metrics.setdefault("params", record["params"])
-    metrics["_columns"] = columns_of(cfg)
     return metrics
 
 
@@ -276,7 +275,7 @@ def train_runs(cfg: dict, work_dir: Path, device: str | None) -> None:
 
 def aggregate(runs: list[dict]) -> dict:
     """Per metric over the seeds' runs: ``{key: (mean, sample std, n)}`` for numeric values."""
-    out = {"_columns": runs[0]["_columns"]} if "_columns" in runs[0] else {}
+    out = {}
     for key in runs[0]:
         vals = [r.get(key) for r in runs]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in vals):
@@ -306,12 +305,12 @@ def table(rows: list[tuple[str, dict]], columns) -> str:
     return "\n".join(lines)
 
 
-def tables(rows: list[tuple[str, dict]]) -> str:
-    """One table per set of columns (the ``_columns`` its evaluator declared), in the order
-    they first appear."""
+def tables(rows: list[tuple[str, dict, tuple]]) -> str:
+    """One table per set of columns (``rows``: name, metrics, the columns its config's
+    evaluator declares), in the order they first appear."""
     groups: dict[tuple, list] = {}
-    for name, m in rows:
-        groups.setdefault(tuple(m["_columns"]), []).append((name, m))
+    for name, m, cols in rows:
+        groups.setdefault(tuple(cols), []).append((name, m))
     return "\n\n".join(table(g, list(cols)) for cols, g in groups.items())
 
 
@@ -326,8 +325,9 @@ def main(argv=None):
         sys.exit(f"compare: config not found: {', '.join(missing)}")
     configs = [Path(c).resolve() if Path(c).is_file() else ROOT / c for c in args.configs]
     opts = dict(cfg_options=args.cfg_options, retrain=args.retrain)
+    columns = {c: columns_of(resolved_config(str(c), args.cfg_options)) for c in configs}
     if not args.seeds:
-        rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device, **opts))
+        rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device, **opts), columns[c])
                 for c in track(configs, desc="compare", unit="config")]
         out = tables(rows)
     else:
@@ -338,8 +338,8 @@ def main(argv=None):
         runs, means = [], []
         for c in configs:
             per = [(s, m) for (cc, s), m in done.items() if cc == c]
-            runs += [(c.stem if s is None else f"{c.stem} (seed {s})", m) for s, m in per]
-            means.append((f"{c.stem} (n={len(per)})", aggregate([m for _, m in per])))
+            runs += [(c.stem if s is None else f"{c.stem} (seed {s})", m, columns[c]) for s, m in per]
+            means.append((f"{c.stem} (n={len(per)})", aggregate([m for _, m in per]), columns[c]))
         out = (tables(runs) + f"\n\nMean ± sample std over seeds {' '.join(map(str, args.seeds))}:\n\n"
                + tables(means))
     print("\n" + out)
