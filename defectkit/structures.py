@@ -34,6 +34,13 @@ class Result:
         dataset's ``classes`` (default: ``classes``: boxes, masks and maps)."""
         return classes
 
+    def table_rows(self, path: str, class_names: Sequence[str] | None) -> dict[str, list[dict]]:
+        """Rows this image adds to ``tools/infer.py``'s summary tables: ``{table: [row, ...]}``,
+        each row a flat dict of plain values (``path``: the input file; ``class_names``: as
+        :meth:`class_names` gives them). ``infer.py`` writes one ``<out_dir>/<table>.csv`` per
+        table over all inputs (e.g. one row per defect). None by default."""
+        return {}
+
 
 @dataclass
 class ClassificationResult(Result):
@@ -100,6 +107,14 @@ class DetectionResult(Result):
                 "labels": [int(l) for l in self.labels],
                 "gate_score": None if self.gate_score is None else round(float(self.gate_score), 5),
                 "gated": bool(self.gated)}
+
+    def table_rows(self, path: str, class_names: Sequence[str] | None) -> dict[str, list[dict]]:
+        """``detections``: one row per box (file, class, score, box in original px)."""
+        return {"detections": [
+            {"file": path, "class": class_names[int(l)] if class_names is not None else int(l),
+             "score": round(float(s), 5), **dict(zip(("xmin", "ymin", "xmax", "ymax"),
+                                                     (round(float(v), 2) for v in b)))}
+            for b, s, l in zip(self.boxes, self.scores, self.labels)]}
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Issue 10 (items 7, 8): prediction pictures drawn on the ORIGINAL image for every family,
 and tools/infer.py isolating every input (a 1x1 image with PaDiM, unreadable files)."""
+import csv
 import json
 from pathlib import Path
 
@@ -147,6 +148,9 @@ def test_infer_detection_draws_on_the_original_with_names(tmp_path):
                                "--device", "cpu"]) == 0
     rec = json.loads((out / "results.json").read_text())[0]
     assert rec["boxes"] == [[600.0, 400.0, 720.0, 480.0]]          # original pixels
+    rows = list(csv.DictReader(open(out / "detections.csv")))     # the per-box summary table
+    assert [(r["file"], r["class"], r["xmin"], r["ymax"]) for r in rows] == \
+        [(str(img_dir / "0.png"), CLASSES[1], "600.0", "480.0")]
     drawn = np.asarray(Image.open(rec["image"]).convert("RGB"))
     banner = drawn.shape[0] - 600
     assert drawn.shape[1] == 800 and banner > 0                     # the original, not the 200x150 input

@@ -7,9 +7,12 @@ the result is drawn on the ORIGINAL image with class names and scores
 (<out>/<index>_<name>.png; <out> = WORK_DIR/infer, or --out-dir itself); <out>/results.json
 lists every input's result. Every input is isolated: one that fails (unreadable file, a
 model or drawing error) is recorded in results.json with its "error" and the others
-complete; the exit code is 1 only when every input failed.
+complete; the exit code is 1 only when every input failed. A result that declares summary
+tables (``Result.table_rows``, e.g. one row per defect and one verdict per image for a
+severity model) also gets one <out>/<table>.csv over all inputs.
 """
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -61,14 +64,14 @@ def main(argv=None):
     pipeline = build_pipeline(((cfg.get("data") or {}).get("test") or {}).get("pipeline"))
     namer = build_evaluator(cfg["evaluation"], classes) if cfg.get("evaluation") else None   # names labels
 
-    records, failed = [], []
+    records, failed, tables = [], [], {}
     try:
         for i, path in enumerate(track(files, desc="infer", unit="img")):
             rec = {"path": str(path)}
             records.append(rec)
             try:           # every input is isolated: one failure never stops the others
                 infer_one(model, pipeline, path, i, device, out_dir, rec, cfg, classes, draw=not args.no_draw,
-                          namer=namer)
+                          namer=namer, tables=tables)
                 print(f"{path}: {json.dumps({k: v for k, v in rec.items() if k != 'path'})}")
             except Exception as e:     # noqa: BLE001 (recorded with the input, reported below)
                 rec["error"] = f"{type(e).__name__}: {e}"
@@ -76,8 +79,10 @@ def main(argv=None):
                 print(f"failed: {path}: {rec['error']}", file=sys.stderr)
     finally:           # even on Ctrl-C, what was done is kept
         (out_dir / "results.json").write_text(json.dumps(records, indent=1, ensure_ascii=False))
+        written = [write_table(out_dir / f"{name}.csv", rows) for name, rows in tables.items()]
     drawn = sum("image" in r for r in records)
-    print(f"wrote {out_dir / 'results.json'}" + ("" if args.no_draw else f" and {drawn} images"))
+    print(f"wrote {out_dir / 'results.json'}" + "".join(f", {p}" for p in written)
+          + ("" if args.no_draw else f" and {drawn} images"))
     if failed:
         print(f"{len(failed)} of {len(records)} inputs failed (their errors are in results.json): "
               + ", ".join(Path(r["path"]).name for r in failed[:10]) + (" ..." if len(failed) > 10 else ""),
@@ -85,11 +90,23 @@ def main(argv=None):
     return 1 if len(failed) == len(records) else 0
 
 
-def infer_one(model, pipeline, path, index, device, out_dir, rec, cfg, classes, draw=True, namer=None):
+def write_table(path: Path, rows: list[dict]) -> Path:
+    """One summary CSV; the columns are the union of the rows' keys in first-seen order."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def infer_one(model, pipeline, path, index, device, out_dir, rec, cfg, classes, draw=True, namer=None,
+              tables=None):
     """Predict one image file and fill ``rec`` (its results.json entry) in place: the
     result's JSON (with the class names ``namer``, the config's evaluator, adds), ``files``
     the result writes (e.g. masks) and ``image``, the drawing on
-    the ORIGINAL picture. Raises whatever fails; what succeeded stays in ``rec``."""
+    the ORIGINAL picture; the result's summary-table rows are appended to ``tables``
+    (``{table: [row, ...]}``). Raises whatever fails; what succeeded stays in ``rec``."""
     import torch
     from torchvision import tv_tensors
 
@@ -109,6 +126,9 @@ def infer_one(model, pipeline, path, index, device, out_dir, rec, cfg, classes, 
         rec.update(namer.export_fields(result))
     stem = f"{index:05d}_{path.stem}"
     files = result.write_files(out_dir, stem)            # e.g. segmentation masks as PNG
+    if tables is not None:
+        for name, rows in result.table_rows(str(path), result_names(cfg, result, classes)).items():
+            tables.setdefault(name, []).extend(rows)
     if files:
         rec["files"] = files
     if draw:
