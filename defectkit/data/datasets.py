@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..registry import DATASETS, TRANSFORMS
 from .collate import skipped_sample
-from .formats.common import DataFormatError, Record, collect_skipped_images
+from .formats.common import DataFormatError, Record, assign_grades, collect_skipped_images
 from .formats.coco import read_coco
 from .formats.image_folder import read_image_folder
 from .formats.images import decode_mask, exif_hint, open_image
@@ -90,6 +90,11 @@ class BaseDataset(Dataset):
     # the source's own id of each class (COCO category ids: classes[k] is id category_ids[k]),
     # what exported predictions use; None: the source names classes only (ids 1..K in exports)
     category_ids: list | None = None
+    # severity grades (VOCDataset / CocoDataset ``with_grades``/``grades``): the samples carry
+    # ``grades`` and ``grade_names`` lists the grade names; None: no grades
+    with_grades: bool = False
+    given_grades: list | None = None
+    grade_names: list[str] | None = None
 
     def __init__(self, pipeline: list[dict] | None = None, skip_invalid: bool = False,
                  seed: int = 0, max_images: int | None = None, exif_orientation: bool = True):
@@ -101,6 +106,9 @@ class BaseDataset(Dataset):
             records, classes = self.load()
         # images the reader dropped (skip_invalid): tools/test.py lists them with the unreadable ones
         self.skipped_at_read: list[str] = list(skipped)
+        if self.with_grades:   # before max_images: the grade names never depend on it
+            src = getattr(self, "ann_file", None) or getattr(self, "root", None) or type(self).__name__
+            self.grade_names = assign_grades(records, self.given_grades, str(src), self.skip_invalid)
         if max_images is not None:
             records = records[:int(max_images)]
         self.records: list[Record] = records
@@ -181,6 +189,8 @@ class BaseDataset(Dataset):
                 torch.as_tensor(rec.boxes, dtype=torch.float32).reshape(-1, 4),
                 format="XYXY", canvas_size=(h, w))
             sample["labels"] = torch.as_tensor(rec.labels, dtype=torch.int64).reshape(-1)
+            if self.with_grades:
+                sample["grades"] = torch.as_tensor(rec.grades, dtype=torch.int64).reshape(-1)
         if self.with_mask:
             sample["mask"] = tv_tensors.Mask(torch.from_numpy(self.load_mask(rec, h, w)))
         if rec.is_defective is not None:
@@ -213,15 +223,27 @@ class BaseDataset(Dataset):
 # ------------------------------------------------------------------------ detection
 @DATASETS.register()
 class CocoDataset(BaseDataset):
-    """COCO detection json; ``normal_category`` marks normal images (DefectNet's 0)."""
+    """COCO detection json; ``normal_category`` marks normal images (DefectNet's 0).
+    Grades from an annotation's ``"severity"`` or ``"attributes": {"severity": ..}``.
+
+    Severity grades (``grades`` / ``with_grades``): with ``with_grades: true`` or a
+    ``grades`` list every sample carries ``grades``, an int64 tensor (N,) aligned with
+    ``boxes``/``labels``: the index of each box's grade in ``grade_names`` (-1 = no grade).
+    ``grade_names`` is ``grades`` (ordered, lightest first) or, when None, the NATURAL sort
+    of every grade found (``"2"`` before ``"10"``). A grade not in ``grades`` is a
+    DataFormatError naming the file, the object and the value (``skip_invalid``: grade -1).
+    ``SanitizeBoundingBoxes`` keeps ``grades`` aligned when it drops boxes."""
 
     with_boxes = True
 
     def __init__(self, ann_file: str, img_dir: str, normal_category: int | None = None,
                  filter_empty: bool = False, pipeline: list[dict] | None = None,
                  skip_invalid: bool = False, seed: int = 0, max_images: int | None = None,
-                 exif_orientation: bool = True):
+                 exif_orientation: bool = True, grades: list[str] | None = None,
+                 with_grades: bool = False):
         self.ann_file, self.img_dir = ann_file, img_dir
+        self.given_grades = None if grades is None else [str(g) for g in grades]
+        self.with_grades = bool(with_grades) or grades is not None
         self.normal_category, self.filter_empty = normal_category, filter_empty
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
                          max_images=max_images, exif_orientation=exif_orientation)
@@ -236,15 +258,27 @@ class CocoDataset(BaseDataset):
 
 @DATASETS.register()
 class VOCDataset(BaseDataset):
-    """Pascal VOC / LabelImg XML; ``split`` reads ``ImageSets/Main/<split>.txt``."""
+    """Pascal VOC / LabelImg XML; ``split`` reads ``ImageSets/Main/<split>.txt``.
+    Grades from an object's ``<severity>`` or its ``severity`` attribute (``formats.voc``).
+
+    Severity grades (``grades`` / ``with_grades``): with ``with_grades: true`` or a
+    ``grades`` list every sample carries ``grades``, an int64 tensor (N,) aligned with
+    ``boxes``/``labels``: the index of each box's grade in ``grade_names`` (-1 = no grade).
+    ``grade_names`` is ``grades`` (ordered, lightest first) or, when None, the NATURAL sort
+    of every grade found (``"2"`` before ``"10"``). A grade not in ``grades`` is a
+    DataFormatError naming the file, the object and the value (``skip_invalid``: grade -1).
+    ``SanitizeBoundingBoxes`` keeps ``grades`` aligned when it drops boxes."""
 
     with_boxes = True
 
     def __init__(self, root: str, split: str | None = None, img_dir: str | None = None,
                  classes: list[str] | None = None, skip_difficult: bool = False,
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
-                 max_images: int | None = None, exif_orientation: bool = True):
+                 max_images: int | None = None, exif_orientation: bool = True,
+                 grades: list[str] | None = None, with_grades: bool = False):
         self.root, self.split, self.img_dir = root, split, img_dir
+        self.given_grades = None if grades is None else [str(g) for g in grades]
+        self.with_grades = bool(with_grades) or grades is not None
         self.given_classes, self.skip_difficult = classes, skip_difficult
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
                          max_images=max_images, exif_orientation=exif_orientation)

@@ -5,7 +5,7 @@ tv_tensors in it (``image``, ``boxes``, ``mask``) are transformed together, so
 boxes and masks follow resizes, flips and crops; plain values (``labels``,
 ``is_defective``, ``label``, ``meta``) pass through untouched, except where noted
 (``Resize``/``Pad`` record ``meta['scale_factor']``, ``img_shape``, ``pad_shape``;
-``SanitizeBoundingBoxes`` filters ``labels`` with the boxes).
+``SanitizeBoundingBoxes`` filters ``labels`` and ``grades`` with the boxes).
 
 Sizes are written ``(w, h)`` like mmdet's ``scale`` (an int means a square), for
 every transform here, also the crops (torchvision itself uses ``(h, w)``).
@@ -254,12 +254,13 @@ class _PerBoxGetter:
 @TRANSFORMS.register()
 class SanitizeBoundingBoxes(nn.Module):
     """Remove boxes smaller than ``min_size``/``min_area`` or outside the image
-    (after crops), with their ``labels`` (and any other per-box tensor named in
-    ``per_box_keys``). A semantic ``mask`` is never indexed. ``is_defective`` is
-    recomputed: 1 iff a box is left (or the mask has a non-zero pixel)."""
+    (after crops), with their ``labels`` and ``grades`` (severity, when the sample has
+    them) and any other per-box tensor named in ``per_box_keys`` (a key the sample lacks is
+    skipped). A semantic ``mask`` is never indexed. ``is_defective`` is recomputed: 1 iff
+    a box is left (or the mask has a non-zero pixel)."""
 
     def __init__(self, min_size: float = 1.0, min_area: float = 1.0,
-                 per_box_keys: Sequence[str] = ("labels",)):
+                 per_box_keys: Sequence[str] = ("labels", "grades")):
         super().__init__()
         self.t = v2.SanitizeBoundingBoxes(min_size=min_size, min_area=min_area,
                                           labels_getter=_PerBoxGetter(tuple(per_box_keys)))

@@ -13,6 +13,11 @@
   when every defect annotation it had was invalid (it is not known to be normal).
 * Missing ``width``/``height`` are read from the image header, as the image is
   decoded: EXIF-turned unless ``exif_orientation=False``.
+* Severity grade of an annotation (``Record.grade_values``, used by
+  ``CocoDataset(with_grades=True)``): its ``"severity"`` key (what ``tools/make_synth.py``
+  writes) or ``"attributes": {"severity": ...}`` (CVAT's COCO export); a string or a number
+  (``3`` and ``3.0`` are grade ``"3"``), null = no grade; both present and different, or a
+  list/dict value, is an error of that annotation.
 """
 from __future__ import annotations
 
@@ -21,7 +26,25 @@ import os
 from pathlib import Path
 
 from .common import (DataFormatError, Problems, Record, as_boxes, as_labels, check_box,
-                     check_nonempty, image_size, logger, require_path)
+                     check_nonempty, grade_text, image_size, logger, require_path)
+
+GRADE_KEY = "severity"
+
+
+def _grade(a: dict, where: str) -> str | None:
+    """The severity grade name of annotation ``a`` (see the module docstring) or None."""
+    attrs = a.get("attributes")
+    if attrs is not None and not isinstance(attrs, dict):
+        raise DataFormatError(f"{where}: 'attributes' must be an object, got {attrs!r}")
+    try:
+        direct = grade_text(a.get(GRADE_KEY))
+        attr = grade_text((attrs or {}).get(GRADE_KEY))
+    except TypeError as e:
+        raise DataFormatError(f"{where}: {GRADE_KEY}: {e}") from None
+    if direct is not None and attr is not None and direct != attr:
+        raise DataFormatError(f"{where}: '{GRADE_KEY}' {direct!r} and attributes.{GRADE_KEY} "
+                              f"{attr!r} differ")
+    return direct if direct is not None else attr
 
 _NORMAL_NAMES = {"背景", "background", "normal", "bg", "good", "ok"}
 
@@ -106,7 +129,7 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
             problems(e)
             continue
         images[iid] = dict(path=path, width=w, height=h, file_name=im["file_name"],
-                           boxes=[], labels=[], crowd=0, normal_marks=0, dropped=0)
+                           boxes=[], labels=[], grades=[], crowd=0, normal_marks=0, dropped=0)
         order.append(iid)
 
     # ---- annotations
@@ -141,6 +164,7 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
             x, y, bw, bh = (float(v) for v in bbox)
             box = check_box(x, y, x + bw, y + bh, im["width"], im["height"],
                             f"{where}: bbox {list(bbox)} of {im['file_name']}")
+            grade = _grade(a, where)
         except (DataFormatError, TypeError, ValueError) as e:
             if not isinstance(e, DataFormatError):
                 e = DataFormatError(f"{where}: {e}")
@@ -149,6 +173,7 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
             continue
         im["boxes"].append(box)
         im["labels"].append(cat2label[cid])
+        im["grades"].append((where, grade))
 
     records = []
     for iid in order:
@@ -165,7 +190,8 @@ def read_coco(ann_file: str | os.PathLike, img_dir: str | os.PathLike,
             img_path=str(im["path"]), id=iid, boxes=as_boxes(im["boxes"]),
             labels=as_labels(im["labels"]), is_defective=defective,
             width=im["width"], height=im["height"],
-            meta={"file_name": im["file_name"], "num_crowd": im["crowd"]}))
+            meta={"file_name": im["file_name"], "num_crowd": im["crowd"]},
+            grade_values=im["grades"]))
     problems.report()
     check_nonempty(records, str(ann_path),
                    "defective images (filter_empty=True)" if filter_empty else "images")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,11 @@ class Record:
     ``"binary"`` maps any non-zero value to 1) or from ``polygons``
     (``[(label, [(x, y), ...]), ...]``, rasterised with value ``label + 1``).
     ``width``/``height`` are the annotated image size when the format stores it.
+    ``grade_values``: per box (aligned with ``boxes``) the raw severity grade as read,
+    ``(where, value)`` with ``value`` a str or None (no grade), ``where`` naming the file and
+    the object for error messages; None when the format has no grades. ``grades`` (N,)
+    int64: those values as indices into the dataset's ``grade_names`` (-1 = unknown), set
+    by ``assign_grades`` when the dataset is built with grades.
     """
 
     img_path: str
@@ -55,6 +61,8 @@ class Record:
     width: int | None = None
     height: int | None = None
     meta: dict = field(default_factory=dict)
+    grade_values: list | None = None
+    grades: np.ndarray | None = None
 
 
 _COLLECTORS: list[list[str]] = []
@@ -244,6 +252,81 @@ def as_labels(labels: list) -> np.ndarray:
 def check_nonempty(records: list, source: str, what: str = "images") -> None:
     if not records:
         raise DataFormatError(f"{source}: no {what} found (empty dataset/split)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the digit runs of a name by value: ``"2" < "10"``,
+    ``"grade2" < "grade10"`` (plain ``sorted`` puts ``"10"`` before ``"2"``). Ties in value
+    (``"2"`` / ``"02"``) fall back to the plain string, so the order is total."""
+    parts = re.split(r"(\d+)", str(name))
+    return tuple((0, int(p), p) if p.isdigit() else (1, 0, p) for p in parts if p != ""), str(name)
+
+
+def natural_sorted(names) -> list[str]:
+    """The distinct ``names`` in natural order (``natural_key``)."""
+    return sorted({str(n) for n in names}, key=natural_key)
+
+
+def grade_text(value: Any) -> str | None:
+    """A grade as read (XML text, JSON number or string) -> its name: stripped str; a whole
+    float (JSON ``3.0``) -> ``"3"``; None / empty / JSON null -> None (no grade). Any
+    other type (list, dict, bool) is a DataFormatError raised by the caller's context."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"a grade must be a string or a number, got {value!r}")
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            raise TypeError(f"a grade must be finite, got {value!r}")
+        return str(int(value)) if value.is_integer() else repr(value)
+    text = str(value).strip()
+    return text or None
+
+
+def assign_grades(records: list[Record], given: list | None, source: str,
+                  skip_invalid: bool = False) -> list[str]:
+    """Set ``rec.grades`` (N,) int64 of every record from its ``grade_values`` and return the
+    grade names: ``given`` (checked for duplicates, each a str) or the NATURAL sort of every
+    value found (``"2"`` before ``"10"``; ``natural_sorted``). A box without a value gets
+    -1 (unknown). A value not in ``given`` is a DataFormatError naming the file, the object
+    and the value; with ``skip_invalid`` that box keeps its box and gets -1 instead (one
+    warning counts them). A record without ``grade_values`` (format without grades) gets
+    all -1."""
+    found = [v for r in records for _, v in (r.grade_values or []) if v is not None]
+    if given is None:
+        names = natural_sorted(found)
+        if not names:
+            logger.warning("%s: with_grades is set but no object has a severity grade; every "
+                           "grade is -1 (unknown)", source)
+    else:
+        names = [str(g) for g in given]
+        dup = sorted({g for g in names if names.count(g) > 1})
+        if dup:
+            raise DataFormatError(f"{source}: grades has duplicates: {dup}")
+    index = {g: i for i, g in enumerate(names)}
+    bad: list[str] = []
+    for r in records:
+        n = len(r.labels)
+        vals = r.grade_values or [(None, None)] * n
+        if len(vals) != n:
+            raise AssertionError(f"{r.img_path}: {len(vals)} grade values for {n} boxes")
+        out = np.full((n,), -1, np.int64)
+        for k, (where, v) in enumerate(vals):
+            if v is None:
+                continue
+            if v not in index:
+                msg = f"{where}: severity grade {v!r} is not in grades {names}"
+                if not skip_invalid:
+                    raise DataFormatError(msg)
+                bad.append(msg)
+                continue
+            out[k] = index[v]
+        r.grades = out
+    if bad:
+        more = f"; ... and {len(bad) - 3} more" if len(bad) > 3 else ""
+        logger.warning("%s: %d boxes have a grade not in grades; they keep their box with grade "
+                       "-1 (skip_invalid=True): %s%s", source, len(bad), "; ".join(bad[:3]), more)
+    return names
 
 
 def resolve_classes(given: list[str] | None, found: list[str], source: str,

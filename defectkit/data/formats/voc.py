@@ -15,6 +15,11 @@ found, difficult ones included, so it never depends on ``skip_difficult``.
 an image is dropped when its file is invalid or when every object in it was.
 The image is ``img_dir/<filename>``, else ``<root>/JPEGImages/<filename>``, else
 ``<path>`` (absolute or relative to the XML), else ``<stem>.<ext>`` in those folders.
+
+Severity grade of an object (``Record.grade_values``, used by ``VOCDataset(with_grades=True)``):
+``<severity>3</severity>`` (what ``tools/make_synth.py`` and ``write_voc`` write) or the
+CVAT / LabelImg-plus attribute ``<attributes><attribute><name>severity</name>
+<value>3</value></attribute></attributes>``; both present with different values is an error.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from pathlib import Path
 from .common import (IMG_EXTENSIONS, DataFormatError, Problems, Record, as_boxes, as_labels,
                      check_box, check_nonempty, find_by_stem, image_size, read_split_file,
                      keep_known, require_path, resolve_classes)
+
+GRADE_TAG = "severity"   # <severity> and the attribute named "severity"
 
 
 def _text(node, tag: str, where: str, required: bool = True) -> str | None:
@@ -63,6 +70,19 @@ def _find_image(xml: Path, filename: str | None, path: str | None, dirs: list[Pa
                               f"(no img_dir given and no JPEGImages folder next to Annotations; "
                               f"set img_dir)")
     raise DataFormatError(f"{xml}: filename: image file not found: {dirs[0] / (filename or xml.stem)}")
+
+
+def _grade(obj, where: str) -> str | None:
+    """The severity grade text of one ``<object>`` (see the module docstring) or None."""
+    direct = _text(obj, GRADE_TAG, where, required=False)
+    attr = None
+    for a in obj.findall("attributes/attribute"):
+        if (_text(a, "name", where, required=False) or "").lower() == GRADE_TAG:
+            attr = _text(a, "value", where, required=False)
+    if direct is not None and attr is not None and direct != attr:
+        raise DataFormatError(f"{where}: <{GRADE_TAG}> {direct!r} and attribute {GRADE_TAG} "
+                              f"{attr!r} differ")
+    return direct if direct is not None else attr
 
 
 def _object(obj, where: str, w: int, h: int, skip_difficult: bool):
@@ -131,13 +151,14 @@ def read_voc(root: str | os.PathLike, split: str | None = None, img_dir: str | o
             for i, obj in enumerate(ann.findall("object")):
                 try:
                     name, box, difficult = _object(obj, f"{xml}: object[{i}]", w, h, skip_difficult)
+                    grade = _grade(obj, f"{xml}: object[{i}]") if box is not None else None
                 except DataFormatError as e:
                     problems(e, "object")   # skip_invalid: only this object is dropped
                     bad += 1
                     continue
                 names.append(name)          # every named object counts, difficult or not
                 if box is not None:
-                    objs.append((i, name, box, difficult))
+                    objs.append((i, name, box, difficult, (f"{xml}: object[{i}]", grade)))
         except DataFormatError as e:
             problems(e)
             continue
@@ -153,10 +174,11 @@ def read_voc(root: str | os.PathLike, split: str | None = None, img_dir: str | o
             problems.dropped("image")   # every object invalid: not known to be normal
             continue
         records.append(Record(
-            img_path=str(img), id=xml.stem, boxes=as_boxes([b for _, b, _ in kept]),
-            labels=as_labels([index[n] for n, _, _ in kept]), is_defective=int(len(kept) > 0),
+            img_path=str(img), id=xml.stem, boxes=as_boxes([k[1] for k in kept]),
+            labels=as_labels([index[k[0]] for k in kept]), is_defective=int(len(kept) > 0),
             width=w, height=h,
-            meta={"ann_file": str(xml), "difficult": [d for _, _, d in kept]}))
+            meta={"ann_file": str(xml), "difficult": [k[2] for k in kept]},
+            grade_values=[k[3] for k in kept]))
     problems.report()
     check_nonempty(records, str(ann_dir) + (f" (split {split!r})" if split else ""), "images")
     return records, classes

@@ -1,0 +1,129 @@
+"""Severity data contract (issue 13): per-box grades from VOC / COCO, natural sort of grade
+names and ImageFolder folders, grades aligned through box filtering, the VOC writer, and the
+synthetic sensor preset's grades."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from defectkit.data.datasets import CocoDataset, VOCDataset
+from defectkit.data.formats.common import DataFormatError, natural_sorted
+from defectkit.data.transforms import SanitizeBoundingBoxes, build_pipeline
+
+
+def png(path, w=40, h=30, value=20):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (w, h), (value,) * 3).save(path)
+
+
+def xml_object(name, box, severity=None, attribute=None):
+    sev = f"<severity>{severity}</severity>" if severity is not None else ""
+    att = ("<attributes><attribute><name>severity</name>"
+           f"<value>{attribute}</value></attribute></attributes>") if attribute is not None else ""
+    x0, y0, x1, y1 = box
+    return (f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>"
+            f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>{sev}{att}</object>")
+
+
+def voc_tree(root, files: dict):
+    """``files``: stem -> list of xml_object strings; images 40x30 in JPEGImages."""
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    for stem, objs in files.items():
+        png(root / "JPEGImages" / f"{stem}.png")
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.png</filename><size><width>40</width>"
+            f"<height>30</height><depth>3</depth></size>{''.join(objs)}</annotation>")
+    return root
+
+
+# ------------------------------------------------------------------------------- VOC
+def test_voc_grades_from_both_xml_styles_and_unknown(tmp_path):
+    root = voc_tree(tmp_path / "voc", {
+        "a": [xml_object("dash_col", (1, 2, 3, 28), severity="10"),       # <severity>
+              xml_object("blemish", (5, 5, 15, 15), attribute="2")],      # CVAT attribute
+        "b": [xml_object("blemish", (20, 10, 30, 20)),                     # no grade -> -1
+              xml_object("spot", (2, 2, 6, 6), severity="3", attribute="3")]})  # both, equal
+    ds = VOCDataset(str(root), with_grades=True)
+    assert ds.grade_names == ["2", "3", "10"]            # natural sort, not ["10", "2", "3"]
+    a, b = ds[0], ds[1]
+    assert a["grades"].dtype == torch.int64
+    assert a["grades"].tolist() == [2, 0] and a["labels"].tolist() == [1, 0]
+    assert b["grades"].tolist() == [-1, 1]
+    # given grades: their order wins, and the indices follow it
+    ds = VOCDataset(str(root), grades=["10", "3", "2", "1"])
+    assert ds.with_grades and ds.grade_names == ["10", "3", "2", "1"]
+    assert ds[0]["grades"].tolist() == [0, 2]
+    # without grades: no key, no names (existing configs unchanged)
+    ds = VOCDataset(str(root))
+    assert "grades" not in ds[0] and ds.grade_names is None
+
+
+def test_voc_unknown_grade_names_file_object_and_value(tmp_path):
+    root = voc_tree(tmp_path / "voc", {"a": [xml_object("spot", (1, 1, 5, 5), severity="1"),
+                                             xml_object("spot", (8, 8, 12, 12), severity="7")]})
+    with pytest.raises(DataFormatError) as e:
+        VOCDataset(str(root), grades=["1", "2", "3", "4", "5"])
+    msg = str(e.value)
+    assert "a.xml" in msg and "object[1]" in msg and "'7'" in msg
+    # skip_invalid: the box stays, its grade is unknown
+    ds = VOCDataset(str(root), grades=["1", "2", "3", "4", "5"], skip_invalid=True)
+    assert ds[0]["grades"].tolist() == [0, -1] and len(ds[0]["boxes"]) == 2
+
+
+def test_voc_conflicting_grade_styles(tmp_path):
+    root = voc_tree(tmp_path / "voc", {"a": [xml_object("spot", (1, 1, 5, 5), severity="2",
+                                                        attribute="3")]})
+    with pytest.raises(DataFormatError, match=r"a\.xml: object\[0\].*'2'.*'3'"):
+        VOCDataset(str(root), with_grades=True)
+
+
+def test_natural_sort():
+    assert natural_sorted(["10", "2", "1", "2"]) == ["1", "2", "10"]
+    assert natural_sorted(["g10", "g2", "b", "2"]) == ["2", "b", "g2", "g10"]
+    assert sorted(["10", "2"]) == ["10", "2"]        # the pitfall natural sort avoids
+
+
+# -------------------------------------------------------------------------- transforms
+def test_grades_stay_aligned_when_a_box_is_removed():
+    boxes = torch.tensor([[1, 1, 10, 10], [20, 5, 20, 9], [30, 2, 38, 20.]])   # box 1: width 0
+    sample = {"image": tv_tensors.Image(torch.zeros(3, 30, 40)),
+              "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(30, 40)),
+              "labels": torch.tensor([0, 1, 2]), "grades": torch.tensor([4, 0, -1]),
+              "is_defective": 1, "meta": {}}
+    out = SanitizeBoundingBoxes()(dict(sample))
+    assert out["labels"].tolist() == [0, 2] and out["grades"].tolist() == [4, -1]
+    # inside a pipeline, after a crop that leaves only the first box
+    pipe = build_pipeline([{"type": "RandomCrop", "size": [15, 15], "pad_if_needed": False},
+                           {"type": "SanitizeBoundingBoxes"}])
+    torch.manual_seed(0)
+    out = pipe(dict(sample))
+    assert len(out["grades"]) == len(out["labels"]) == len(out["boxes"])
+    for lab, g in zip(out["labels"].tolist(), out["grades"].tolist()):
+        assert g == {0: 4, 2: -1}[lab]
+
+
+# ------------------------------------------------------------------------------- COCO
+def test_coco_severity_key_and_attribute(tmp_path):
+    png(tmp_path / "img" / "a.png")
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+            "categories": [{"id": 1, "name": "spot"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "severity": 3},
+                {"id": 2, "image_id": 1, "category_id": 1, "bbox": [9, 1, 4, 4],
+                 "attributes": {"severity": "12"}},
+                {"id": 3, "image_id": 1, "category_id": 1, "bbox": [20, 1, 4, 4],
+                 "severity": 2.0},
+                {"id": 4, "image_id": 1, "category_id": 1, "bbox": [30, 1, 4, 4]}]}
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    ds = CocoDataset(str(ann), str(tmp_path / "img"), with_grades=True)
+    assert ds.grade_names == ["2", "3", "12"]
+    assert ds[0]["grades"].tolist() == [1, 2, 0, -1]
+    with pytest.raises(DataFormatError) as e:
+        CocoDataset(str(ann), str(tmp_path / "img"), grades=["1", "2", "3"])
+    assert "ann.json" in str(e.value) and "annotations[1]" in str(e.value) and "'12'" in str(e.value)
