@@ -4,6 +4,7 @@ synthetic sensor preset's grades."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -127,3 +128,40 @@ def test_coco_severity_key_and_attribute(tmp_path):
     with pytest.raises(DataFormatError) as e:
         CocoDataset(str(ann), str(tmp_path / "img"), grades=["1", "2", "3"])
     assert "ann.json" in str(e.value) and "annotations[1]" in str(e.value) and "'12'" in str(e.value)
+
+
+# ---------------------------------------------------------------------------- VOC writer
+def test_write_voc_then_read_back_equals_input(tmp_path):
+    from defectkit.data.formats.voc import read_voc, read_voc_file, write_voc
+
+    objects = [{"name": "dash_col", "box": [3, 0, 5, 30], "severity": "4", "score": 0.875},
+               {"name": "blemish", "box": [10.25, 4.5, 20, 15.75], "severity": "10"},
+               {"name": "spot", "box": [30, 20, 36, 26]}]
+    root = tmp_path / "voc"
+    png(root / "JPEGImages" / "img 1.png")
+    xml = write_voc(root / "Annotations" / "img 1.xml", "img 1.png", (30, 40, 3), objects)
+    assert not [p for p in xml.parent.iterdir() if p.name.endswith(".tmp")]   # no temp left
+    back = read_voc_file(xml)
+    assert back == {"filename": "img 1.png", "size": (30, 40, 3), "objects": objects}
+    # LabelImg element order, extension tags after bndbox
+    ann = ET.parse(xml).getroot()
+    assert [c.tag for c in ann] == ["folder", "filename", "path", "source", "size", "segmented",
+                                    "object", "object", "object"]
+    assert [c.tag for c in ann.find("size")] == ["width", "height", "depth"]
+    assert [c.tag for c in ann.find("object")] == ["name", "pose", "truncated", "difficult",
+                                                   "bndbox", "severity", "score"]
+    # the dataset reader gives the same boxes, names and grades
+    recs, classes = read_voc(root, classes=["dash_col", "blemish", "spot"])
+    np.testing.assert_allclose(recs[0].boxes, [o["box"] for o in objects])
+    assert [classes[k] for k in recs[0].labels] == [o["name"] for o in objects]
+    ds = VOCDataset(str(root), classes=["dash_col", "blemish", "spot"], with_grades=True)
+    assert [ds.grade_names[g] if g >= 0 else None for g in ds[0]["grades"].tolist()] == \
+        [o.get("severity") for o in objects]
+    # overwriting is atomic and complete; bad input names the object
+    write_voc(xml, "img 1.png", (30, 40, 3), objects[:1])
+    assert len(read_voc_file(xml)["objects"]) == 1
+    with pytest.raises(ValueError, match=r"objects\[1\]\.box"):
+        write_voc(xml, "img 1.png", (30, 40, 3), [objects[0], {"name": "x", "box": [5, 5, 5, 9]}])
+    with pytest.raises(ValueError, match=r"objects\[0\]: unknown keys \['grade'\]"):
+        write_voc(xml, "img 1.png", (30, 40, 3), [{"name": "x", "box": [1, 1, 5, 9], "grade": 2}])
+    assert len(read_voc_file(xml)["objects"]) == 1      # a failed write left the old file

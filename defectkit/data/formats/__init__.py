@@ -9,4 +9,4 @@ from .images import decode_mask, open_image  # noqa: F401  (the one image / mask
 from .labelme import read_labelme  # noqa: F401
 from .mask_folder import read_mask_folder  # noqa: F401
 from .mvtec import read_anomaly_folders, read_mvtec  # noqa: F401
-from .voc import read_voc  # noqa: F401
+from .voc import read_voc, read_voc_file, write_voc  # noqa: F401

@@ -20,10 +20,16 @@ Severity grade of an object (``Record.grade_values``, used by ``VOCDataset(with_
 ``<severity>3</severity>`` (what ``tools/make_synth.py`` and ``write_voc`` write) or the
 CVAT / LabelImg-plus attribute ``<attributes><attribute><name>severity</name>
 <value>3</value></attribute></attributes>``; both present with different values is an error.
+
+``write_voc`` writes one XML in LabelImg's element order (atomically), with optional
+``<severity>`` and ``<score>`` per object; ``read_voc_file`` reads one back as its input.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -182,3 +188,143 @@ def read_voc(root: str | os.PathLike, split: str | None = None, img_dir: str | o
     problems.report()
     check_nonempty(records, str(ann_dir) + (f" (split {split!r})" if split else ""), "images")
     return records, classes
+
+
+# ------------------------------------------------------------------------------ writer
+_OBJECT_KEYS = {"name", "box", "severity", "score", "pose", "truncated", "difficult", "extra"}
+
+
+def _coord(v: float, decimals: int | None) -> str:
+    """A box coordinate as written: an int when whole (LabelImg), else rounded."""
+    v = float(v) if decimals is None else round(float(v), decimals)
+    if decimals is None or v == int(v):
+        return str(int(round(v)))
+    return f"{v:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def write_voc(path: str | os.PathLike, filename: str, size: tuple[int, int, int],
+              objects: list[dict] = (), folder: str = "", img_path: str | None = None,
+              database: str = "Unknown", decimals: int | None = 2) -> Path:
+    """Write one Pascal VOC XML in LabelImg's element order, atomically.
+
+    ``size = (height, width, depth)`` of the image in pixels. Each object is a dict:
+    ``name`` (str), ``box`` (xmin, ymin, xmax, ymax) absolute pixels (no -1 shift, as
+    ``read_voc`` reads them), optional ``severity`` (grade name, written as
+    ``<severity>``), ``score`` (float in [0, 1], ``<score>``, e.g. a pseudo-label's detector
+    confidence), ``pose`` ("Unspecified"), ``truncated`` / ``difficult`` (0/1) and ``extra``
+    ({tag: value} written as further elements, e.g. ``{"severity_score": 0.79}``).
+
+    Element order (research note severity.md §4, LabelImg ``pascal_voc_io.py``):
+    ``annotation/{folder, filename, path, source/database, size/{width, height, depth},
+    segmented, object/{name, pose, truncated, difficult, bndbox/{xmin, ymin, xmax, ymax}}}``;
+    the optional ``severity``, ``score`` and ``extra`` tags come after ``bndbox`` so that
+    positional readers (object[4] = bndbox) still work. ``<path>`` is ``img_path`` or
+    ``filename``. Coordinates: integers when whole, else rounded to ``decimals`` places
+    (None: rounded to integers, LabelImg's own output).
+
+    Atomic: written to a temporary file in the same folder, then ``os.replace``d, so a reader
+    never sees a half-written file and an interrupted run leaves the old file (or none).
+    The folder is created. Returns the written path. ValueError naming the object index and
+    field for a missing name, a box that is not 4 finite numbers with xmin < xmax and
+    ymin < ymax, a score outside [0, 1], or an unknown key."""
+    path = Path(path)
+    try:
+        h, w, depth = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size: expected (height, width, depth), got {size!r}") from None
+    if h <= 0 or w <= 0 or depth <= 0:
+        raise ValueError(f"size: height, width and depth must be > 0, got {size!r}")
+
+    def sub(parent, tag, text=None):
+        e = ET.SubElement(parent, tag)
+        if text is not None:
+            e.text = str(text)
+        return e
+
+    root = ET.Element("annotation")
+    sub(root, "folder", folder)
+    sub(root, "filename", filename)
+    sub(root, "path", img_path if img_path is not None else filename)
+    sub(sub(root, "source"), "database", database)
+    sz = sub(root, "size")
+    for tag, v in (("width", w), ("height", h), ("depth", depth)):
+        sub(sz, tag, v)
+    sub(root, "segmented", 0)
+    for i, o in enumerate(objects):
+        where = f"objects[{i}]"
+        unknown = sorted(set(o) - _OBJECT_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown} (known: {sorted(_OBJECT_KEYS)}; "
+                             f"put other tags in 'extra')")
+        name = o.get("name")
+        if name is None or not str(name).strip():
+            raise ValueError(f"{where}: 'name' is missing")
+        box = [float(v) for v in o.get("box", ())]
+        if len(box) != 4 or not all(math.isfinite(v) for v in box) \
+                or box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(f"{where}.box: expected finite (xmin, ymin, xmax, ymax) with "
+                             f"xmin < xmax and ymin < ymax, got {o.get('box')!r}")
+        ob = sub(root, "object")
+        sub(ob, "name", name)
+        sub(ob, "pose", o.get("pose", "Unspecified"))
+        sub(ob, "truncated", int(o.get("truncated", 0)))
+        sub(ob, "difficult", int(o.get("difficult", 0)))
+        bb = sub(ob, "bndbox")
+        for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            sub(bb, tag, _coord(v, decimals))
+        if o.get("severity") is not None:
+            sub(ob, GRADE_TAG, o["severity"])
+        if o.get("score") is not None:
+            s = float(o["score"])
+            if not 0.0 <= s <= 1.0:
+                raise ValueError(f"{where}.score: must be in [0, 1], got {o['score']!r}")
+            sub(ob, "score", f"{s:.6g}")
+        for tag, v in (o.get("extra") or {}).items():
+            sub(ob, str(tag), v)
+    ET.indent(root, space="\t")
+    data = ET.tostring(root, encoding="utf-8") + b"\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_voc_file(path: str | os.PathLike) -> dict:
+    """One VOC XML as ``write_voc`` takes it: ``{"filename", "size": (h, w, depth),
+    "objects": [{"name", "box": [xmin, ymin, xmax, ymax] floats, "severity"?: str,
+    "score"?: float}]}`` (``severity``/``score`` only when present; no box checks against
+    the image: use ``read_voc`` for a dataset). DataFormatError naming the file."""
+    path = Path(path)
+    try:
+        ann = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise DataFormatError(f"{path}: broken XML: {e}") from e
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read: {e}") from e
+    size = ann.find("size")
+    if size is None:
+        raise DataFormatError(f"{path}: field <size> is missing")
+    dims = tuple(int(_number(size, t, f"{path}: size")) for t in ("height", "width", "depth"))
+    objects = []
+    for i, obj in enumerate(ann.findall("object")):
+        where = f"{path}: object[{i}]"
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise DataFormatError(f"{where}: field <bndbox> is missing")
+        o = {"name": _text(obj, "name", where),
+             "box": [_number(bb, t, f"{where}.bndbox") for t in ("xmin", "ymin", "xmax", "ymax")]}
+        grade = _grade(obj, where)
+        if grade is not None:
+            o["severity"] = grade
+        if _text(obj, "score", where, required=False) is not None:
+            o["score"] = _number(obj, "score", where)
+        objects.append(o)
+    return {"filename": _text(ann, "filename", str(path), required=False), "size": dims,
+            "objects": objects}
