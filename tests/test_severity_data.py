@@ -165,3 +165,17 @@ def test_write_voc_then_read_back_equals_input(tmp_path):
     with pytest.raises(ValueError, match=r"objects\[0\]: unknown keys \['grade'\]"):
         write_voc(xml, "img 1.png", (30, 40, 3), [{"name": "x", "box": [1, 1, 5, 9], "grade": 2}])
     assert len(read_voc_file(xml)["objects"]) == 1      # a failed write left the old file
+
+
+# ------------------------------------------------------------------------- ImageFolder
+def test_image_folder_grade_folders_natural_sort(tmp_path):
+    from defectkit.data.datasets import ImageFolderDataset
+
+    for g in ("10", "2", "1", "11"):
+        png(tmp_path / "sev" / g / f"crop{g}.png")
+    ds = ImageFolderDataset(str(tmp_path / "sev"))
+    assert ds.classes == ["1", "2", "10", "11"]            # Keras/torchvision: 1, 10, 11, 2
+    assert {ds.records[i].meta["class_name"]: ds[i]["label"] for i in range(4)} == \
+        {"1": 0, "2": 1, "10": 2, "11": 3}
+    ds = ImageFolderDataset(str(tmp_path / "sev"), classes=["1", "10", "11", "2"])   # given wins
+    assert ds.classes == ["1", "10", "11", "2"] and ds[3]["label"] == 3
