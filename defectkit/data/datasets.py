@@ -33,6 +33,7 @@ from .formats.labelme import read_labelme
 from .formats.mask_folder import read_mask_folder
 from .formats.mvtec import read_anomaly_folders, read_mvtec
 from .formats.voc import read_voc
+from .instances import mask_instances, masks_to_boxes, polygon_instances
 from .transforms import build_pipeline
 
 logger = logging.getLogger("defectkit")
@@ -86,6 +87,9 @@ class BaseDataset(Dataset):
     config_children = {"pipeline": ("list", TRANSFORMS)}
     with_boxes: bool = False   # the samples carry boxes/labels
     with_mask: bool = False    # the samples carry a mask
+    # the samples carry ``instance_masks`` (N, H, W) with boxes/labels derived from them
+    # (``with_instances: true`` on LabelMeDataset / MaskFolderDataset; ``data/instances.py``)
+    with_instances: bool = False
     size_field: str = "width/height"   # how the annotation file names the image size
     # the source's own id of each class (COCO category ids: classes[k] is id category_ids[k]),
     # what exported predictions use; None: the source names classes only (ids 1..K in exports)
@@ -193,6 +197,12 @@ class BaseDataset(Dataset):
                 sample["grades"] = torch.as_tensor(rec.grades, dtype=torch.int64).reshape(-1)
         if self.with_mask:
             sample["mask"] = tv_tensors.Mask(torch.from_numpy(self.load_mask(rec, h, w)))
+        if self.with_instances:     # boxes/labels replaced by the masks' own, aligned with them
+            masks, labels = self.load_instances(rec, h, w)
+            sample["boxes"] = tv_tensors.BoundingBoxes(torch.from_numpy(masks_to_boxes(masks)),
+                                                       format="XYXY", canvas_size=(h, w))
+            sample["labels"] = torch.from_numpy(labels)
+            sample["instance_masks"] = tv_tensors.Mask(torch.from_numpy(masks))
         if rec.is_defective is not None:
             sample["is_defective"] = int(rec.is_defective)
         if rec.label is not None:
@@ -214,6 +224,14 @@ class BaseDataset(Dataset):
                                   f"its image {rec.img_path} is {w}x{h}"
                                   + exif_hint(rec.img_path, self.exif_orientation))
         return mask
+
+    def load_instances(self, rec: Record, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """(masks (N, h, w) uint8, labels (N,) int64) of ``rec``: one instance per polygon,
+        else the connected components of each class of its class-index mask
+        (``data/instances.py``)."""
+        if rec.polygons is not None:
+            return polygon_instances(rec.polygons, h, w)
+        return mask_instances(self.load_mask(rec, h, w), len(self.classes))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} images, classes={self.classes}, "
@@ -292,7 +310,8 @@ class VOCDataset(BaseDataset):
 # --------------------------------------------------------------------- segmentation
 @DATASETS.register()
 class LabelMeDataset(BaseDataset):
-    """LabelMe JSON polygons/rectangles -> boxes + class-index mask (BSData)."""
+    """LabelMe JSON polygons/rectangles -> boxes + class-index mask (BSData).
+    ``with_instances: true`` adds ``instance_masks`` (one per shape; boxes from the masks)."""
 
     with_boxes = True
     with_mask = True
@@ -302,8 +321,10 @@ class LabelMeDataset(BaseDataset):
                  unlabeled: str = "skip", split_file: str | None = None, split: str | None = None,
                  split_mode: str = "official", test_fraction: float = 0.2, split_seed: int = 7,
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
-                 max_images: int | None = None, exif_orientation: bool = True):
+                 max_images: int | None = None, exif_orientation: bool = True,
+                 with_instances: bool = False):
         self.ann_dir, self.img_dir, self.given_classes = ann_dir, img_dir, classes
+        self.with_instances = bool(with_instances)
         self.unlabeled, self.split_file, self.split = unlabeled, split_file, split
         self.split_mode, self.test_fraction, self.split_seed = split_mode, test_fraction, split_seed
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
@@ -319,15 +340,19 @@ class LabelMeDataset(BaseDataset):
 
 @DATASETS.register()
 class MaskFolderDataset(BaseDataset):
-    """Images + class-index PNG masks matched by stem (Defect Spectrum style)."""
+    """Images + class-index PNG masks matched by stem (Defect Spectrum style).
+    ``with_instances: true`` adds ``instance_masks`` (connected components per class) with
+    ``boxes`` / ``labels`` derived from them."""
 
     with_mask = True
 
     def __init__(self, img_dir: str, mask_dir: str, classes: list[str], mask_suffix: str = "",
                  split_file: str | None = None, missing_mask: str = "error",
                  pipeline: list[dict] | None = None, skip_invalid: bool = False, seed: int = 0,
-                 max_images: int | None = None, exif_orientation: bool = True):
+                 max_images: int | None = None, exif_orientation: bool = True,
+                 with_instances: bool = False):
         self.img_dir, self.mask_dir, self.given_classes = img_dir, mask_dir, classes
+        self.with_instances = bool(with_instances)
         self.mask_suffix, self.split_file, self.missing_mask = mask_suffix, split_file, missing_mask
         super().__init__(pipeline=pipeline, skip_invalid=skip_invalid, seed=seed,
                          max_images=max_images, exif_orientation=exif_orientation)
