@@ -179,3 +179,54 @@ def test_image_folder_grade_folders_natural_sort(tmp_path):
         {"1": 0, "2": 1, "10": 2, "11": 3}
     ds = ImageFolderDataset(str(tmp_path / "sev"), classes=["1", "10", "11", "2"])   # given wins
     assert ds.classes == ["1", "10", "11", "2"] and ds[3]["label"] == 3
+
+
+# ------------------------------------------------------------------ synthetic sensor preset
+def test_sensor_preset_grades_depend_on_area_and_contrast():
+    """A small set (the images make_synth writes for seed 0) has >= 3 grades for the column
+    line type and for each blob type, and within a type a larger area or a higher contrast
+    never lowers the severity score (the formula of data/synth/severity.py)."""
+    from collections import Counter
+
+    from defectkit.data.synth.generator import plan, render
+    from defectkit.data.synth.presets import PRESETS
+    from defectkit.data.synth.severity import severity_grade, severity_score
+
+    p = PRESETS["sensor"]
+    w, h = p.size
+    n = 80
+    _, normal = plan(n, p.normal_ratio, 0)
+    grades: dict[str, Counter] = {c: Counter() for c in p.classes}
+    for i in range(n):
+        _, placed = render(p, i, 0, w, h, bool(normal[i]))
+        for d in placed:
+            grades[d["name"]][d["severity"]] += 1
+    for name in ("dash_col", "blemish", "spot"):
+        assert len(grades[name]) >= 3, (name, dict(grades[name]))
+    # both inputs move the grade: hand values at 512x288 (area 300 px, contrast 8, std 2)
+    assert severity_grade(300, w * h, 8.0, 2.0) == 3         # score 0.605
+    assert severity_grade(1000, w * h, 8.0, 2.0) == 4        # 3.3x the area (score 0.71)
+    assert severity_grade(3000, w * h, 8.0, 2.0) == 5        # 10x the area (score 0.81)
+    assert severity_grade(300, w * h, 2.0, 2.0) == 1         # a quarter of the contrast (0.39)
+    assert severity_score(300, w * h, 8.0, 2.0) == pytest.approx(
+        0.5 * np.log10(300 / (w * h) / 1e-4) / np.log10(300) + 0.5 * np.log2(3) / np.log2(5))
+
+
+def test_sensor_base_config_reads_grades(tmp_path):
+    """configs/_base_/datasets/synth_sensor_det.yaml on a freshly generated sensor set."""
+    from defectkit.config import load_config
+    from defectkit.data.synth import generate
+    from defectkit.registry import DATASETS
+
+    out = tmp_path / "synth_sensor"
+    generate("sensor", out, num_images=10, seed=0, workers=1)
+    cfg = load_config("configs/_base_/datasets/synth_sensor_det.yaml")
+    for split in ("train", "val", "test"):
+        c = {**cfg["data"][split], "root": str(out / "voc"), "img_dir": str(out / "images")}
+        ds = DATASETS.build(c)
+        assert ds.classes == ["dash_col", "blemish", "spot"]
+        assert ds.grade_names == ["1", "2", "3", "4", "5"]
+        for i in range(len(ds)):
+            s = ds[i]
+            assert len(s["grades"]) == len(s["labels"]) == len(s["boxes"])
+            assert all(0 <= g < 5 for g in s["grades"].tolist())   # every synthetic box graded

@@ -351,8 +351,13 @@ def blemish(canvas, rng, s):
 
 
 def spot_sensor(canvas, rng, s):
-    """Hot-pixel cluster: a few bright pixels with a small halo."""
-    r = lerp(1.2, 3.5, rng.random()) * max(canvas.scale, 0.75)
+    """Hot-pixel cluster: a few bright pixels with a small halo, radius 1.5..6 px, +6..+40
+    grey levels. Both ranges keep the severity grade (``severity.py``) depending on area AND
+    contrast: the contrast stays mostly under the CNR saturation (``CNR_MAX`` 4, about 15 grey
+    levels on these frames) and the area spans 0.01..0.1% of a 512x288 frame, so a 200-image
+    set has grades 1..4 (earlier +12..+160 levels and radius <= 3.5 px saturated the contrast
+    score: grades 2..3 only, set by the area alone)."""
+    r = lerp(1.5, 6.0, rng.random()) * max(canvas.scale, 0.75)
     cx, cy = random_point(rng, canvas, r + 1)
     reg = canvas.claim(G.blob(rng, cx, cy, r, r * rng.uniform(0.7, 1.0), 0.2), min_area=2)
     if reg is None:
@@ -360,7 +365,7 @@ def spot_sensor(canvas, rng, s):
     crop = canvas.crop(reg)
     a = soft(reg.mask, 0.7)
     a = np.maximum(a, reg.mask * F32(0.3))
-    add(crop, a, lerp(12.0, 160.0, s ** 1.5))
+    add(crop, a, lerp(6.0, 40.0, s ** 1.3))
     return reg
 
 
