@@ -286,7 +286,7 @@ def test_forward_without_grades_or_crops():
         model({k: v for k, v in batch.items() if k != "grades"})
     batch["grades"] = [torch.full_like(g, -1) for g in batch["grades"]]     # every grade unknown
     out = model(batch)
-    assert float(out["loss_sev_dash_col"]) == 0.0 and out["loss_sev_dash_col"].requires_grad
+    assert float(out["loss_sev_dash_col"].detach()) == 0.0 and out["loss_sev_dash_col"].requires_grad
 
 
 def test_predict_boxes_in_original_pixels_real_detector():
@@ -372,6 +372,20 @@ def test_predict_exact_severity_crop_boxes_and_verdict():
     assert r.image_size == (200, 400) and r.gt_grade_probs is None and r.gt_verdict is None
 
 
+def test_crops_come_from_orig_image_when_the_batch_has_it():
+    dets = [DetectionResult(boxes=torch.tensor([[100.0, 20, 104, 180]]), scores=torch.tensor([0.9]),
+                            labels=torch.tensor([0]))]
+    model, head = _stub_model(dets)
+    batch = {"image": torch.zeros(1, 3, 100, 200), "image_sizes": [(100, 200)],
+             "orig_image": [_column_image(200, 400)[0]],          # original pixels, any size per image
+             "meta": [{"orig_size": (200, 400), "scale_factor": (0.5, 0.5)}]}
+    (r,) = model.predict(batch)
+    # centre int(102) in ORIGINAL px -> [93, 111) x full height, no rescaling
+    assert r.crop_boxes[0].tolist() == [93.0, 0.0, 111.0, 200.0]
+    assert head.seen[0].shape == (1, 1, 100, 18)
+    assert head.seen[0][0, 0, 0].tolist() == pytest.approx([(2 * x + 1000 + 0.5) / 3 for x in range(93, 111)], abs=1e-4)
+
+
 def test_ignore_types_and_gt_grades_with_stub():
     dets = [DetectionResult(boxes=torch.tensor([[100.0, 20, 104, 180], [10, 10, 40, 40]]),
                             scores=torch.tensor([0.9, 0.95]), labels=torch.tensor([0, 2]))]
@@ -437,3 +451,22 @@ def test_tiny_config_builds():
     model = build_model(cfg["model"], ["blemish", "dash_col", "spot"])
     assert isinstance(model, SeverityDetector) and set(model.heads) == {"dash_col", "blemish"}
     assert model.detector.stride == 8 and model.classes == ["blemish", "dash_col", "spot"]
+
+
+def test_r50_config_has_the_note_settings():
+    from defectkit.config import load_config
+    from defectkit.engine.builders import build_model
+
+    cfg = load_config("configs/severity/severity_r50_sensor.yaml")
+    assert cfg["optimizer"] == {"type": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0}
+    assert cfg["lr_schedule"]["type"] == "CosineLR" and cfg["lr_schedule"]["warmup_iters"] == 5000
+    assert cfg["train"]["grad_clip"] == 10
+    model = build_model(cfg["model"], ["blemish", "dash_col", "spot"])
+    det = model.detector
+    assert det.stride == 16 and det.backbone.out_channels == [1024]
+    gen = det.rpn.anchor_generator
+    assert gen.sizes == ((64, 128, 256, 512),) and gen.aspect_ratios == ((0.5, 1.0, 2.0),)
+    assert det.rpn.nms_thresh == 0.7 and det.rpn._post_nms_top_n == {"training": 300, "testing": 300}
+    assert det.roi_head.sampler.batch_size_per_image == 64
+    assert (det.nms_iou, det.score_thr, det.max_per_img) == (0.6, 0.0, 100)
+    assert model.crops["dash_col"].out_size == (1080, 18) and model.crops["dash_col"].gray
