@@ -175,3 +175,19 @@ def test_tool_round_folders_labelled_untouched_and_resume(synth_voc, tmp_path, m
     from defectkit.data.datasets import VOCDataset
     ds = VOCDataset(root=str(wd / "round_1" / "pseudo"), classes=["hole", "stain"])
     assert len(ds) == state2["rounds"][1]["pseudo"]["images_accepted"] and Path(ds.records[0].img_path).is_file()
+
+
+def test_tool_stops_on_the_precision_floor_and_resume_says_so(synth_voc, tmp_path, capsys):
+    st = tool("self_train")
+    wd = tmp_path / "wd"
+    argv = [str(synth_voc["cfg"]), "--labelled-fraction", "0.5", "--rounds", "3", "--work-dir", str(wd),
+            "--fallback-thr", "0", "--precision-floor", "1.01", "--seed", "1"]
+    assert st.main(argv) == 0
+    state = json.loads((wd / "rounds.json").read_text())
+    assert [r["round"] for r in state["rounds"]] == [0] and not (wd / "round_1").exists()
+    assert state["stopped"].startswith("pseudo-label precision") and "< floor 1.01" in state["stopped"]
+    capsys.readouterr()
+    assert st.main(argv + ["--resume"]) == 0
+    assert "stopped early at round 0" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="other settings.*seed: 1 vs 2"):
+        st.main(argv[:-1] + ["2", "--resume"])

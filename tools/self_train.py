@@ -65,7 +65,6 @@ import os
 import shutil
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from _common import add_cfg_options, load
@@ -138,43 +137,11 @@ def split_indices(n: int, labelled_fraction: float, audit_fraction: float, seed:
     return sorted(perm[:n_lab]), sorted(perm[n_lab:])
 
 
-def write_voc_minimal(path, filename, size, objects) -> None:
-    """LabelImg-ordered VOC XML (used only when ``defectkit.data.formats.voc.write_voc`` is absent)."""
-    h, w, d = size
-    ann = ET.Element("annotation")
-    path = Path(path)
-    for tag, text in (("folder", "pseudo"), ("filename", filename)):
-        ET.SubElement(ann, tag).text = text
-    img = next((o["_image"] for o in objects if "_image" in o), None)
-    ET.SubElement(ann, "path").text = img or filename
-    ET.SubElement(ET.SubElement(ann, "source"), "database").text = "defectkit-self-train"
-    sz = ET.SubElement(ann, "size")
-    for tag, v in (("width", w), ("height", h), ("depth", d)):
-        ET.SubElement(sz, tag).text = str(int(v))
-    ET.SubElement(ann, "segmented").text = "0"
-    for o in objects:
-        ob = ET.SubElement(ann, "object")
-        for tag, text in (("name", o["name"]), ("pose", "Unspecified"), ("truncated", "0"), ("difficult", "0")):
-            ET.SubElement(ob, tag).text = text
-        bb = ET.SubElement(ob, "bndbox")
-        for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), o["box"]):
-            ET.SubElement(bb, tag).text = str(int(round(float(v))))
-        if o.get("score") is not None:
-            ET.SubElement(ob, "score").text = f"{float(o['score']):.4f}"
-    ET.indent(ann, "\t")
-    tmp = path.with_suffix(".xml.tmp")
-    tmp.write_bytes(ET.tostring(ann, encoding="utf-8"))
-    os.replace(tmp, path)
-
-
 def write_pseudo_xml(path: Path, image: Path, hw: tuple[int, int], depth: int, objects: list[dict]) -> None:
-    """One pseudo-label file: LabelImg VOC with the absolute image ``<path>`` and a ``<score>``
-    per object (``defectkit.data.formats.voc.write_voc``; a minimal writer before it exists)."""
-    try:
-        from defectkit.data.formats.voc import write_voc
-    except ImportError:
-        write_voc_minimal(path, image.name, (hw[0], hw[1], depth), [{**o, "_image": str(image)} for o in objects])
-        return
+    """One pseudo-label file: LabelImg VOC (``defectkit.data.formats.voc.write_voc``) with the
+    absolute image ``<path>`` (the pool's images lie in several folders) and a ``<score>`` per object."""
+    from defectkit.data.formats.voc import write_voc
+
     write_voc(path, image.name, (hw[0], hw[1], depth), objects, folder=image.parent.name, img_path=str(image),
               database="defectkit-self-train")
 
@@ -193,10 +160,19 @@ class ImageList:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        from torchvision import tv_tensors
-        from defectkit.data.datasets import load_image
+        return self.get_sample(i)
 
-        img = load_image(self.paths[i], self.exif_orientation)
+    def get_sample(self, i: int, replace_invalid: bool = False) -> dict:
+        """Sample i; an unreadable image is a skipped marker (not pseudo-labelled, listed in the log)."""
+        from torchvision import tv_tensors
+        from defectkit.data.collate import skipped_sample
+        from defectkit.data.datasets import load_image
+        from defectkit.data.formats.common import DataFormatError
+
+        try:
+            img = load_image(self.paths[i], self.exif_orientation)
+        except DataFormatError as e:
+            return skipped_sample(i, str(self.paths[i]), str(e))
         sample = {"image": tv_tensors.Image(img),
                   "meta": {"path": str(self.paths[i]), "id": i, "orig_size": tuple(img.shape[-2:])}}
         return self.pipeline(sample) if self.pipeline is not None else sample
@@ -429,7 +405,7 @@ def main(argv=None):
     unl = list_images(Path(args.unlabeled)) if args.unlabeled else []
     if args.unlabeled and not unl:
         sys.exit(f"self_train: --unlabeled: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.unlabeled}")
-    if not hidden_idx and not unl and args.rounds > 0:
+    if not hidden_idx and not unl and args.rounds > 0 and not args.no_pseudo:
         sys.exit("self_train: no unlabelled images: give --unlabeled DIR, --labelled-fraction < 1 or --audit-fraction > 0")
     img_dirs = {str(Path(full.records[i].img_path).resolve().parent) for i in lab_idx}
     if len(img_dirs) != 1:
@@ -516,10 +492,11 @@ def main(argv=None):
                 return f"pseudo-label precision {prec:.3f} of round {k} < floor {args.precision_floor:g}"
             if rec["pseudo"]["images_accepted"] == 0:
                 return f"round {k} accepted no image"
-        vals = [r["val"].get(args.metric) for r in recs]
-        if any(v is None for v in vals):
+        if args.metric not in rec["val"]:
             sys.exit(f"self_train: the evaluator reports no {args.metric!r} on data.val (it reports "
                      f"{', '.join(sorted(rec['val']))}); pass --metric")
+        vals = [r["val"].get(args.metric) for r in recs]
+        vals = [-math.inf if v is None else v for v in vals]        # NaN (no support) counts as worst
         best = max(range(len(vals)), key=lambda j: (vals[j], -j))
         if k - best >= args.patience:
             return f"val {args.metric} has not improved for {k - best} rounds (best {vals[best]:.4f} at round {best})"
