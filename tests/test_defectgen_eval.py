@@ -312,11 +312,14 @@ def test_alignment_checkpoint_errors_name_the_file(tiny_segmenter, tmp_path):
     other = MODELS.build({"type": "UNet", "base_channels": 8, "depth": 2}, classes=["hole", "stain"])
     wide = tmp_path / "wide.pth"
     torch.save({"state_dict": other.state_dict(), "meta": {"classes": ["hole", "stain"]}}, wide)
-    with pytest.raises(ValueError, match=r"wide\.pth: weights do not match the UNet of .*unet_tiny\.yaml"):
+    # checkpoint_io's strict loader and type check (the engine's init_model uses the same): CheckpointErrors
+    with pytest.raises(CheckpointError, match=r"wide\.pth \(the UNet of .*unet_tiny\.yaml\): weights do not match "
+                                              r"the model: .*shape mismatches"):
         load_alignment_segmenter(str(cfg), str(wide), "cpu")
     znet = tmp_path / "znet.pth"
     torch.save({"state_dict": {}, "meta": {"config": {"model": {"type": "ZNet"}}}}, znet)
-    with pytest.raises(ValueError, match=r"znet\.pth: holds a ZNet, but .* builds a UNet"):
+    with pytest.raises(CheckpointError, match=r"znet\.pth: a checkpoint of model type 'ZNet', but the config's "
+                                              r"model.type is 'UNet': the alignment segmenter \(.*unet_tiny\.yaml\)"):
         load_alignment_segmenter(str(cfg), str(znet), "cpu")
     text = tmp_path / "text.pth"
     text.write_text("not a checkpoint")
@@ -324,6 +327,22 @@ def test_alignment_checkpoint_errors_name_the_file(tiny_segmenter, tmp_path):
         load_alignment_segmenter(str(cfg), str(text), "cpu")
     with pytest.raises(CheckpointError, match=r"checkpoint file not found: .*nope\.pth"):
         load_alignment_segmenter(str(cfg), str(tmp_path / "nope.pth"), "cpu")
+
+
+def test_alignment_segmenter_loads_like_init_model(tiny_segmenter, tmp_path):
+    """The loader shares checkpoint_io with the engine's init_model: a DDP checkpoint
+    (``module.`` keys) loads, and both load the same weights from the same file."""
+    from defectkit.engine.builders import init_model
+
+    cfg, ckpt = tiny_segmenter
+    saved = torch.load(ckpt, weights_only=True)
+    ddp = tmp_path / "ddp.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in saved["ema"]["state_dict"].items()},
+                "meta": saved["meta"]}, ddp)
+    seg = load_alignment_segmenter(str(cfg), str(ddp), "cpu")
+    engine, _ = init_model(json.loads(Path(cfg).read_text()), str(ckpt), "cpu", use_ema=True)
+    for k, v in engine.state_dict().items():
+        assert torch.equal(seg.model.state_dict()[k], v), k
 
 
 def test_alignment_errors_are_user_errors_under_the_tools(tiny_segmenter, tmp_path):

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from ..models.weights import (CheckpointError, CheckpointNotFoundError, LoadReport,  # noqa: F401
-                              extract_state_dict, has_ema, load_checkpoint, load_state_dict, select_weights,
-                              strip_prefix)
+                              check_model_type, checkpoint_model_type, extract_state_dict, has_ema,
+                              load_checkpoint, load_state_dict, select_weights, strip_prefix)
 from .distributed import unwrap_model
 
 LATEST = "latest.pth"
@@ -217,26 +217,6 @@ def remove_stale_temp_files(work_dir: str | os.PathLike) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- reading
-def checkpoint_model_type(ckpt: dict) -> str | None:
-    """The model ``type`` in the config stored in a defectkit checkpoint's meta (None for
-    other files, e.g. a torchvision state dict)."""
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
-    config = meta.get("config") if isinstance(meta, dict) else None
-    model = config.get("model") if isinstance(config, dict) else None
-    model_type = model.get("type") if isinstance(model, dict) else None
-    return model_type if isinstance(model_type, str) else None
-
-
-def check_model_type(ckpt: dict, model_type: str | None, source: str, use: str) -> None:
-    """Raise :class:`CheckpointError` when ``ckpt`` was saved from another model type than
-    ``model_type`` (the config's ``model.type``); ``use`` names what it was given to."""
-    stored = checkpoint_model_type(ckpt)
-    if stored is not None and model_type is not None and stored != model_type:
-        raise CheckpointError(f"{source}: a checkpoint of model type '{stored}', but the config's "
-                              f"model.type is '{model_type}': {use} needs a checkpoint of the "
-                              f"same model type (give the config it was trained with)")
-
-
 def nonfinite_tensors(state_dict: dict | None) -> dict[str, str]:
     """``{name: "nan" | "inf" | "nan+inf"}`` for every floating-point tensor of
     ``state_dict`` that holds NaN or +-Inf (empty when all are finite)."""

@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint_io import CheckpointError, load_checkpoint, select_weights
+from ..checkpoint_io import CheckpointError, check_model_type, load_checkpoint, load_state_dict, select_weights
 from ..config import ConfigError, load_config, parse_options
 from ..registry import DATASETS, EVALUATORS, MODELS, TRANSFORMS
 from .base import BaseEvaluator, batch_meta, format_table, metric_notes
@@ -139,34 +139,31 @@ class AlignmentSegmenter:
         return torch.stack(out) if out else torch.zeros(0, *images01.shape[-2:], dtype=torch.long)
 
 
-def _read_weights(checkpoint: str, use_ema: bool) -> tuple[dict, dict, str]:
-    """``(state_dict, meta, "ema"|"raw")`` of a defectkit checkpoint (or a bare state dict),
-    read with the bottom layer's ``checkpoint_io`` (``CheckpointError`` naming the file)."""
-    ckpt = load_checkpoint(checkpoint)
-    state, weights = select_weights(ckpt, str(checkpoint), use_ema)
-    return state, ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}, weights
-
-
 def load_alignment_segmenter(config: str | dict, checkpoint: str, device: str | torch.device | None = None,
                              use_ema: bool = True, batch_size: int = 16) -> AlignmentSegmenter:
     """Build the segmenter of ``config`` (a config file path or a loaded config dict) with
     the classes stored in ``checkpoint`` (``meta.classes``; else the config's data classes),
     load its weights strictly (EMA entry when ``use_ema`` and present) and take its
-    ``data.test`` (else ``data.val``) pipeline as input transforms. Errors are one line
-    naming the file (``CheckpointError`` for the checkpoint file, ``ConfigError`` for the rest)."""
+    ``data.test`` (else ``data.val``) pipeline as input transforms.
+
+    The checkpoint is read, type-checked and loaded with the bottom layer's
+    ``checkpoint_io`` (``load_checkpoint``, ``check_model_type``, ``select_weights``,
+    ``load_state_dict``: the same code as the engine's ``init_model``, which this layer may
+    not import): a ``CheckpointError`` naming the file when it is missing or unreadable, of
+    another model type, or its weights do not match; a ``ConfigError`` for the config."""
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
     where = str(config) if isinstance(config, (str, os.PathLike)) else "alignment config"
     model_cfg = cfg.get("model")
     if not isinstance(model_cfg, dict) or "type" not in model_cfg:
         raise ConfigError(f"{where}: no `model` section with a type")
-    state, meta, weights = _read_weights(str(checkpoint), use_ema)
+    ckpt = load_checkpoint(str(checkpoint))
+    check_model_type(ckpt, model_cfg["type"], str(checkpoint), f"the alignment segmenter ({where})")
+    state, weights = select_weights(ckpt, str(checkpoint), use_ema)
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
     data = cfg.get("data") or {}
     split = data.get("test") or data.get("val") or {}
     classes = meta.get("classes") or cfg.get("classes") or split.get("classes") \
         or (data.get("train") or {}).get("classes")
-    saved = ((meta.get("config") or {}).get("model") or {}).get("type")
-    if saved and saved != model_cfg["type"]:
-        raise ConfigError(f"{checkpoint}: holds a {saved}, but {where} builds a {model_cfg['type']}")
     model_cls = MODELS.get(model_cfg["type"])
     if getattr(model_cls, "model_parts", None):
         raise ConfigError(f"{where}: {model_cfg['type']} is a composite model; the alignment needs a plain segmenter")
@@ -177,16 +174,7 @@ def load_alignment_segmenter(config: str | dict, checkpoint: str, device: str | 
     elif classes is not None and "num_classes" in params and "num_classes" not in model_cfg:
         extra["num_classes"] = 1 + len(classes)
     model = MODELS.build(model_cfg, **extra)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:       # shape mismatches
-        raise ConfigError(f"{checkpoint}: weights do not match the {model_cfg['type']} of {where}: "
-                         f"{str(e).splitlines()[-1].strip()}") from e
-    if missing or unexpected:
-        raise ConfigError(f"{checkpoint}: weights do not match the {model_cfg['type']} of {where}: "
-                         f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                         f"(e.g. {unexpected[:3]})")
+    load_state_dict(model, state, strict=True, source=f"{checkpoint} (the {model_cfg['type']} of {where})")
     pipeline = [TRANSFORMS.build(t) for t in (split.get("pipeline") or [])]
     logger.info("alignment segmenter: %s from %s (%s weights)", model_cfg["type"], checkpoint, weights)
     return AlignmentSegmenter(model, classes, pipeline, device, f"{where} + {checkpoint}", batch_size)

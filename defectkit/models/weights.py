@@ -6,8 +6,8 @@
   (a state dict, ``{"state_dict": ...}`` or ``{"model": ...}``; ``module.`` / ``backbone.``
   / ``body.`` prefixes stripped, ``fc.*`` skipped); non-strict, shape mismatches are errors.
 * Trained weights (checkpoints): ``load_checkpoint`` / ``extract_state_dict`` /
-  ``select_weights`` (from ``defectkit/checkpoint_io.py``, the bottom layer, re-exported
-  here) and ``load_state_dict`` / ``load_weights``; every failure is a ``CheckpointError`` (a
+  ``select_weights`` / ``load_state_dict`` (from ``defectkit/checkpoint_io.py``, the bottom
+  layer, re-exported here) and ``load_weights``; every failure is a ``CheckpointError`` (a
   ``RuntimeError``) naming the file. Composite models (``TwoModelDetector``) load their
   parts' weights with ``load_weights``; ``engine/checkpoint.py`` (which writes checkpoints)
   re-exports these, so a model never imports the engine.
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from ..checkpoint_io import (CheckpointError, CheckpointNotFoundError, extract_state_dict,  # noqa: F401
-                             has_ema, load_checkpoint, select_weights)
+from ..checkpoint_io import (CheckpointError, CheckpointNotFoundError, LoadReport,  # noqa: F401
+                             check_model_type, checkpoint_model_type, extract_state_dict, has_ema,
+                             load_checkpoint, load_state_dict, select_weights, strip_prefix, unwrap_model)
 
 logger = logging.getLogger(__name__)
 TORCHVISION_PREFIX = "torchvision://"
@@ -31,76 +31,6 @@ TORCHVISION_PREFIX = "torchvision://"
 
 class PretrainedWeightsError(RuntimeError):
     """Weights could not be found or downloaded; the message says what to do."""
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (or the model)."""
-    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        model = model.module
-    return model
-
-
-@dataclass
-class LoadReport:
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)   # "name: ckpt shape vs model shape"
-    matched: int = 0        # model tensors loaded from the file
-    total: int = 0          # model tensors (parameters and buffers)
-
-    @property
-    def share(self) -> float:
-        """matched / total (1.0 for a model without tensors)."""
-        return self.matched / self.total if self.total else 1.0
-
-    @property
-    def clean(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def __str__(self) -> str:
-        if self.clean:
-            return "all keys matched"
-        parts = []
-        for label, keys in (("missing keys", self.missing), ("unexpected keys", self.unexpected),
-                            ("shape mismatches (skipped)", self.mismatched)):
-            if keys:
-                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
-                parts.append(f"{label}: {shown}")
-        return "; ".join(parts)
-
-
-def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
-    """Remove ``prefix`` when every key has it (weights saved from a DDP-wrapped model)."""
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
-    return state_dict
-
-
-def load_state_dict(model: torch.nn.Module, state_dict: dict, strict: bool = True,
-                    source: str = "checkpoint") -> LoadReport:
-    """Load weights into ``model`` (DDP unwrapped, ``module.`` stripped).
-
-    ``strict=True`` raises :class:`CheckpointError` listing every difference;
-    ``strict=False`` skips shape-mismatched tensors and returns what did not match.
-    """
-    model = unwrap_model(model)
-    state_dict = strip_prefix(dict(state_dict))
-    own = model.state_dict()
-    report = LoadReport()
-    skipped = set()
-    for k, v in list(state_dict.items()):
-        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape:
-            report.mismatched.append(f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}")
-            skipped.add(k)
-            del state_dict[k]
-    report.missing = [k for k in own if k not in state_dict and k not in skipped]
-    report.unexpected = [k for k in state_dict if k not in own]
-    report.total = len(own)
-    report.matched = sum(1 for k in own if k in state_dict)
-    if strict and not report.clean:
-        raise CheckpointError(f"{source}: weights do not match the model: {report}")
-    model.load_state_dict(state_dict, strict=False)
-    return report
 
 
 def load_weights(module: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadReport:
