@@ -499,3 +499,36 @@ def test_preview_hook_under_the_trainer_uses_ema_weights(tmp_path):
     assert np.array_equal(np.array(Image.open(tmp_path / "work" / "previews" / "iter_3.png")), expected)
     model.load_state_dict(ckpt["state_dict"])                 # the raw weights draw a different grid
     assert not np.array_equal(np.array(pairs_grid(model.sample(2, seed=7))), expected)
+
+
+def test_a_single_model_mode_reads_only_its_own_checkpoint(tmp_path):
+    """large_only / small_only sample with one part: the other part's checkpoint is not read
+    (a missing file is no error; its weights are 'unused'), the one it samples with is."""
+    from defectkit.models.weights import CheckpointError
+
+    small = build_model(denoiser_cfg())
+    torch.save({"state_dict": small.state_dict()}, tmp_path / "s.pth")
+    large = build_model(denoiser_cfg(tiny_adm()))
+    torch.save({"state_dict": large.state_dict()}, tmp_path / "l.pth")
+    cfg = dict(type="DefectGen", large=denoiser_cfg(tiny_adm()), small=denoiser_cfg(), num_inference_steps=2,
+               large_checkpoint=str(tmp_path / "l.pth"), small_checkpoint=str(tmp_path / "gone.pth"))
+    g = build_model(cfg | {"mode": "large_only"})
+    assert g.parts == ("large",) and g.weights_source == {"large": "raw", "small": "unused"}
+    assert list(g.sample(1, batch_size=1)[0].stage_seconds) == ["large"]
+    g = build_model(cfg | {"mode": "small_only", "small_checkpoint": str(tmp_path / "s.pth"),
+                           "large_checkpoint": str(tmp_path / "gone.pth")})
+    assert g.parts == ("small",) and g.weights_source == {"large": "unused", "small": "raw"}
+    with pytest.raises(CheckpointError, match=r"model.small_checkpoint: .*not found: .*gone\.pth"):
+        build_model(cfg)                                             # two_stage needs both
+    assert DefectGen.parts_for_mode("two_stage") == ("large", "small")
+    with pytest.raises(ValueError, match="model.mode must be one of"):
+        DefectGen.parts_for_mode("both")
+
+
+def test_samplers_expose_their_settings_publicly():
+    g = build_model(dict(type="DefectGen", large=denoiser_cfg(tiny_adm()), small=denoiser_cfg(), batch_size=5,
+                         t_switch=100))
+    assert g.sample_batch_size == 5 and g.sampler_options()["t_switch"] == 100
+    d = build_model(denoiser_cfg(sampling={"batch_size": 3, "num_inference_steps": 9}))
+    assert d.sample_batch_size == 3
+    assert d.sampler_options()["num_inference_steps"] == 9 and d.sampler_options()["mode"] == "large_only"

@@ -65,6 +65,15 @@ class _FakeDefectGenSampler(BaseModel):
             eta, num_inference_steps, t_switch, mode, seed
         self.calls: list[tuple[int, int, int]] = []
 
+    def sampler_options(self) -> dict:
+        """The public sampler settings tools/generate.py records (DefectGen's method)."""
+        return dict(num_inference_steps=self.num_inference_steps, eta=self.eta, t_switch=self.t_switch,
+                    mode=self.mode, compat_repo_sampling=False)
+
+    @property
+    def sample_batch_size(self) -> int:
+        return 8
+
     def sample(self, num: int, seed: int = 0, batch_size: int = 8, progress=None) -> list[GenerationResult]:
         self.calls.append((num, seed, batch_size))
         return [fake_sample(seed + i, self.size, self.num_defect) for i in range(num)]
@@ -520,6 +529,64 @@ def test_real_two_stage_model_flags_and_determinism(generate, tmp_path):
     from defectkit.config import ConfigError
     with pytest.raises(ConfigError, match="large_checkpoint, small_checkpoint"):
         generate.main([str(cfg), str(ckpts[0]), "--num", "1", "--out", str(tmp_path / "x")])
+
+
+def test_large_only_and_small_only_need_only_their_own_checkpoint(generate, tmp_path):
+    """--mode large_only samples with the large denoiser alone: one CHECKPOINT is the large
+    one's and the small part's checkpoint is never read (here the config names a file that
+    does not exist); small_only likewise; a checkpoint the mode needs and lacks is named."""
+    from defectkit.checkpoint_io import CheckpointError
+    from defectkit.config import ConfigError
+
+    large = random_checkpoint(TINY_LARGE, tmp_path / "large.pth", 0)
+    small = random_checkpoint(TINY_SMALL, tmp_path / "small.pth", 1)
+    gone = str(tmp_path / "gone.pth")
+    base = {"type": "DefectGen", "large": TINY_LARGE, "small": TINY_SMALL, "classes": CLASSES, "image_size": 16,
+            "num_inference_steps": 2}
+    cfg = write_config(tmp_path / "g.yaml", base | {"small_checkpoint": gone})
+    rec = run_generate(generate, cfg, large, "--num", 1, "--out", tmp_path / "l", "--mode", "large_only")
+    assert rec["config"]["model"]["large_checkpoint"] == str(large)
+    assert rec["weights"] == {"large": "raw", "small": "unused"} and list(rec["stage_seconds"]) == ["large"]
+    rec = run_generate(generate, cfg, small, "--num", 1, "--out", tmp_path / "s", "--mode", "small_only")
+    assert rec["config"]["model"]["small_checkpoint"] == str(small)
+    assert rec["weights"] == {"large": "unused", "small": "raw"} and list(rec["stage_seconds"]) == ["small"]
+    # the mode's own checkpoint unset: named, before anything is built
+    with pytest.raises(ConfigError, match=r"DefectGen \(mode large_only\) samples with the large denoiser\(s\), "
+                                          r"but model.large_checkpoint is not set"):
+        generate.main([str(cfg), "--num", "1", "--out", str(tmp_path / "x"), "--mode", "large_only"])
+    # ... or set to a missing file: the key and the file
+    with pytest.raises(CheckpointError, match=r"model.small_checkpoint: checkpoint file not found: .*gone\.pth"):
+        generate.main([str(cfg), "--num", "1", "--out", str(tmp_path / "x"), "--mode", "small_only"])
+    # two_stage needs both: one CHECKPOINT is not enough, and the count error names both
+    with pytest.raises(ConfigError, match=r"samples with 2 part\(s\) \(large_checkpoint, small_checkpoint\)"):
+        generate.main([str(cfg), str(large), "--num", "1", "--out", str(tmp_path / "x")])
+    with pytest.raises(ConfigError, match=r"give 1 CHECKPOINT\(s\) in that order or all 2 \(large, small\)"):
+        generate.main([str(cfg), str(large), str(small), str(small), "--num", "1", "--out", str(tmp_path / "x"),
+                       "--mode", "large_only"])
+    # a config without the small part at all samples large_only from the large checkpoint
+    only = write_config(tmp_path / "only.yaml", {k: v for k, v in base.items() if k != "small"} | {"mode": "large_only"})
+    rec = run_generate(generate, only, large, "--num", 1, "--out", tmp_path / "o")
+    assert rec["weights"] == {"large": "raw"} and rec["mode"] == "large_only"
+
+
+def test_generate_reads_the_samplers_public_settings(generate):
+    """The sampler settings and batch size come from the model's public sampler_options() /
+    sample_batch_size, for DefectGen and a denoiser alone; another model is refused."""
+    from defectkit.config import ConfigError
+    from defectkit.engine.builders import build_model
+
+    gen = build_model({"type": "DefectGen", "large": TINY_LARGE, "small": TINY_SMALL, "classes": CLASSES,
+                       "t_switch": 300, "num_inference_steps": 6, "batch_size": 3})
+    assert generate.sampler_settings(gen) == {"num_inference_steps": 6, "eta": 0.0, "t_switch": 300,
+                                              "mode": "two_stage", "compat_repo_sampling": False}
+    assert generate.default_batch_size(gen) == 3 and gen.parts == ("large", "small")
+    den = build_model(TINY_SMALL | {"sampling": {"num_inference_steps": 5, "batch_size": 2}})
+    assert generate.sampler_settings(den) == {"num_inference_steps": 5, "eta": 0.0, "t_switch": None,
+                                              "mode": "large_only", "compat_repo_sampling": None}
+    assert generate.default_batch_size(den) == 2
+    with pytest.raises(ConfigError, match="Linear is not a Defect-Gen sampler"):
+        generate.sampler_settings(torch.nn.Linear(1, 1))
+    assert generate.default_batch_size(torch.nn.Linear(1, 1)) == 8
 
 
 def test_real_denoiser_with_its_checkpoint_samples_the_ema_weights(generate, tmp_path):

@@ -138,49 +138,69 @@ def flag_options(model_cfg: dict, flags: dict) -> dict:
     return out
 
 
+def sampled_parts(model_cfg: dict) -> tuple[list[str], list[str]]:
+    """``(parts, needed)`` of a model that loads its parts' weights: all its parts
+    (``model_parts``, in order) and those its ``mode`` samples with (the class's
+    ``parts_for_mode(mode)``; every part for a model without one)."""
+    from defectkit.registry import MODELS
+
+    cls = MODELS.get(model_cfg.get("type"))
+    parts = list(getattr(cls, "model_parts", {}))
+    if not callable(getattr(cls, "parts_for_mode", None)):
+        return parts, parts
+    mode = model_cfg.get("mode")
+    if mode is None:
+        default = constructor_params(model_cfg.get("type")).get("mode")
+        mode = default.default if default is not None else None
+    return parts, list(cls.parts_for_mode(mode))
+
+
 def checkpoint_options(model_cfg: dict, checkpoints: list[str]) -> tuple[dict, str | None]:
     """``(options, checkpoint for init_model)``: a model that loads its own weights gets
-    each given CHECKPOINT as ``model.<part>_checkpoint`` in the order of its parts; any
-    other model takes exactly one CHECKPOINT. ``ConfigError`` for a wrong count."""
+    each given CHECKPOINT as ``model.<part>_checkpoint``, in the order of all its parts
+    (large, small) or, when fewer are given, of the parts its mode samples with (one
+    CHECKPOINT with ``--mode large_only`` is the large denoiser's, with ``small_only`` the
+    small one's); any other model takes exactly one CHECKPOINT. ``ConfigError`` for a wrong
+    count, and for a part the mode samples with whose checkpoint is then still unset
+    (naming ``model.<part>_checkpoint``)."""
     from defectkit.config import ConfigError
     from defectkit.engine.builders import loads_own_weights
-    from defectkit.registry import MODELS
 
     mtype = model_cfg.get("type")
     if loads_own_weights(model_cfg):
-        if not checkpoints:
-            return {}, None
-        parts = list(getattr(MODELS.get(mtype), "model_parts", {}))
-        if len(checkpoints) != len(parts):
-            raise ConfigError(f"{mtype} loads {len(parts)} checkpoints ({', '.join(p + '_checkpoint' for p in parts)}) "
-                              f"from its config; give all {len(parts)} in that order or none, got {len(checkpoints)}")
-        return {f"model.{p}_checkpoint": c for p, c in zip(parts, checkpoints)}, None
+        parts, needed = sampled_parts(model_cfg)
+        mode = f" (mode {model_cfg['mode']})" if model_cfg.get("mode") is not None else ""
+        if checkpoints and len(checkpoints) not in (len(parts), len(needed)):
+            named = ", ".join(p + "_checkpoint" for p in needed)
+            raise ConfigError(f"{mtype}{mode} samples with {len(needed)} part(s) ({named}); give "
+                              f"{len(needed)} CHECKPOINT(s) in that order"
+                              + (f" or all {len(parts)} ({', '.join(parts)})" if len(parts) != len(needed) else "")
+                              + f", or none to use the config's; got {len(checkpoints)}")
+        order = parts if len(checkpoints) == len(parts) else needed
+        options = {f"model.{p}_checkpoint": c for p, c in zip(order, checkpoints)}
+        unset = [p for p in needed if not (options.get(f"model.{p}_checkpoint") or model_cfg.get(f"{p}_checkpoint"))]
+        if unset and parts:
+            raise ConfigError(f"{mtype}{mode} samples with the {' and '.join(unset)} denoiser(s), but "
+                              + ", ".join(f"model.{p}_checkpoint" for p in unset)
+                              + " is not set: give the trained checkpoint as CHECKPOINT or set it in the config")
+        return options, None
     if len(checkpoints) != 1:
         raise ConfigError(f"{mtype} needs exactly one CHECKPOINT after the config (its trained weights), "
                           f"got {len(checkpoints)}")
     return {}, checkpoints[0]
 
 
-def sampler_settings(model, model_cfg: dict) -> dict:
-    """The sampler settings (SAMPLER_KEYS) the model runs with: its ``sampler_options()``
-    when it has one (DefectGen), else the attributes of its ``sampling`` options (a
-    denoiser alone), else its config; None where none of them says."""
-    opts = model.sampler_options() if callable(getattr(model, "sampler_options", None)) else {}
-    sampling = getattr(model, "sampling", None)
-    cfg_sampling = model_cfg.get("sampling") if isinstance(model_cfg.get("sampling"), dict) else {}
-    out = {}
-    for key in SAMPLER_KEYS:
-        if key in opts:
-            out[key] = opts[key]
-        elif sampling is not None and isinstance(getattr(sampling, key, None), (int, float, str, bool)):
-            out[key] = getattr(sampling, key)
-        elif isinstance(getattr(model, key, None), (int, float, str, bool)):
-            out[key] = getattr(model, key)
-        elif key in model_cfg:
-            out[key] = model_cfg[key]
-        else:
-            out[key] = cfg_sampling.get(key)
-    return out
+def sampler_settings(model) -> dict:
+    """The sampler settings (SAMPLER_KEYS) the model runs with, from its public
+    ``sampler_options()`` (``DefectGen`` and a ``DiffusionDenoiser`` alone); None for a
+    key it does not use (``t_switch`` of a denoiser alone)."""
+    from defectkit.config import ConfigError
+
+    if not callable(getattr(type(model), "sampler_options", None)):
+        raise ConfigError(f"model.type: {type(model).__name__} is not a Defect-Gen sampler (no sampler_options(); "
+                          f"use a DefectGen or DiffusionDenoiser config)")
+    opts = model.sampler_options()
+    return {key: opts.get(key) for key in SAMPLER_KEYS}
 
 
 def steps_per_batch(settings: dict) -> int | None:
@@ -223,11 +243,10 @@ class StepProgress:
 
 
 def default_batch_size(model) -> int:
-    """The model's own sampling batch size (``batch_size`` or ``sampling.batch_size``), else 8."""
-    for v in (getattr(model, "batch_size", None), getattr(getattr(model, "sampling", None), "batch_size", None)):
-        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
-            return v
-    return 8
+    """The model's own sampling batch size (its public ``sample_batch_size``), else 8."""
+    v = getattr(type(model), "sample_batch_size", None)
+    v = model.sample_batch_size if v is not None else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else 8
 
 
 def default_seed(model_cfg: dict) -> int:
@@ -289,12 +308,15 @@ def main(argv=None):
     if not isinstance(cfg.get("model"), dict) or "type" not in cfg["model"]:
         sys.exit(f"config error: {args.config}: no `model` section with a `type`")
     options = flag_options(cfg["model"], {d: getattr(args, d) for d in FLAG_KEYS})
-    ckpt_opts, checkpoint = checkpoint_options(cfg["model"], list(args.checkpoints))
-    options.update(ckpt_opts)
     if args.no_ema and "use_ema" in constructor_params(cfg["model"]["type"]):
         options["model.use_ema"] = False
     if options:
         apply_options(cfg, options)
+    # after the flags: --mode decides which parts' checkpoints are needed
+    ckpt_opts, checkpoint = checkpoint_options(cfg["model"], list(args.checkpoints))
+    if ckpt_opts:
+        apply_options(cfg, ckpt_opts)
+    if options or ckpt_opts:
         validate_config(cfg)
     seed = args.seed if args.seed is not None else default_seed(cfg["model"])
     device = resolve_device(args.device or cfg.get("device"))
@@ -320,7 +342,7 @@ def main(argv=None):
         writer = GeneratedDatasetWriter(args.out, classes, colour_mask, args.num)
     except GeneratedOutputError as e:
         sys.exit(f"generate: {e}")
-    sampler = sampler_settings(model, cfg["model"])
+    sampler = sampler_settings(model)
     if args.batch_size is None:
         args.batch_size = default_batch_size(model)
     shown = ", ".join(f"{k} {v}" for k, v in sampler.items() if v is not None)

@@ -13,7 +13,8 @@ With ``use_ema: true`` (default) the checkpoint's EMA entry ``ckpt["ema"]["state
 (``train.ema``) is loaded when present, else the raw ``state_dict`` (with a warning);
 ``use_ema: false`` always loads the raw weights. The ORIGINAL sampled with the raw weights
 (``inference.py`` loads ``ckpt['model']``); sampling with the EMA is our default.
-``weights_source`` records what was loaded ("ema" / "raw" / "random").
+``weights_source`` records what was loaded ("ema" / "raw" / "random"; "unused" for the part
+a ``large_only`` / ``small_only`` mode does not sample with, whose checkpoint is not read).
 """
 from __future__ import annotations
 
@@ -152,18 +153,28 @@ class DefectGen(BaseModel):
         self.image_size = image_size
         self.use_ema = bool(use_ema)
         self.weights_source = {k: "random" for k, p in parts.items() if p is not None}
-        self.size_divisor = max(getattr(self, k).size_divisor for k in self._needed())
+        self.size_divisor = max(getattr(self, k).size_divisor for k in self.parts)
         self._default_size = getattr(self.large if self.large is not None else self.small, "image_size", 64)
         image_hw(image_size, self._default_size, "model.image_size", self.size_divisor)
         self.load_checkpoints(large_checkpoint, small_checkpoint)
 
     def load_checkpoints(self, large: str | None = None, small: str | None = None) -> dict[str, str]:
         """Load the parts' checkpoint files (None: keep the part's weights); returns
-        ``weights_source``. EMA per ``use_ema`` (module docstring)."""
+        ``weights_source``. EMA per ``use_ema`` (module docstring). Only the parts the mode
+        samples with (``parts``) are loaded: with ``large_only`` the small checkpoint is not
+        read (it need not exist; its part is marked "unused"), and with ``small_only`` the
+        large one."""
         for key, path in (("large", large), ("small", small)):
             part = getattr(self, key)
+            if key not in self.parts:
+                if part is not None:
+                    self.weights_source[key] = "unused"
+                if path is not None:
+                    logger.info("DefectGen: mode %s does not sample with the %s denoiser: %s is not loaded",
+                                self.mode, key, path)
+                continue
             if path is None:
-                if part is not None and key in self._needed():
+                if part is not None:
                     logger.warning("DefectGen: model.%s_checkpoint is not set: the %s denoiser has random "
                                    "weights", key, key)
                 continue
@@ -175,11 +186,26 @@ class DefectGen(BaseModel):
                 self.classes = list(part.classes)      # named by the checkpoint the config did not name
         return dict(self.weights_source)
 
-    def _needed(self) -> tuple[str, ...]:
-        return STAGES_OF_MODE[self.mode]
+    @staticmethod
+    def parts_for_mode(mode: str) -> tuple[str, ...]:
+        """The parts (``"large"``, ``"small"``) a ``mode`` samples with, in the order of
+        ``model_parts``: the checkpoints it needs."""
+        if mode not in STAGES_OF_MODE:
+            raise ValueError(f"DefectGen: model.mode must be one of {MODES}, got {mode!r}")
+        return STAGES_OF_MODE[mode]
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts this sampler's mode samples with (:meth:`parts_for_mode`)."""
+        return self.parts_for_mode(self.mode)
+
+    @property
+    def sample_batch_size(self) -> int:
+        """Samples per forward pass in :meth:`sample` (``model.batch_size``)."""
+        return self.batch_size
 
     def _stages(self) -> dict:
-        return {k: getattr(self, k).denoise for k in self._needed()}
+        return {k: getattr(self, k).denoise for k in self.parts}
 
     def sampler_options(self) -> dict:
         """The options passed to :func:`~.diffusion.sample_loop` (also what ``generation.json``

@@ -246,11 +246,18 @@ class DiffusionDenoiser(BaseModel):
         return {"loss_rgb": loss_rgb, "loss_mask": self.ce_weight * ce, "ce": ce.detach()}
 
     # ------------------------------------------------------------------ sampling
-    def _sampler_options(self) -> dict:
+    def sampler_options(self) -> dict:
+        """The options passed to :func:`~.diffusion.sample_loop` (this denoiser for every
+        step: mode "large_only", no ``t_switch``), as ``DefectGen.sampler_options``."""
         s = self.sampling
         return dict(num_inference_steps=s.num_inference_steps, eta=s.eta, mode="large_only",
                     num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
                     clip_sample=s.clip_sample)
+
+    @property
+    def sample_batch_size(self) -> int:
+        """Samples per forward pass in :meth:`sample` (``model.sampling.batch_size``)."""
+        return self.sampling.batch_size
 
     def _stages(self) -> dict:
         return {"large": self.denoise}
@@ -274,7 +281,7 @@ class DiffusionDenoiser(BaseModel):
         seeds = [sample_seed(m, i, self.sampling.seed) for i, m in enumerate(metas)]
         check_size(tuple(image.shape[-2:]), self.size_divisor, f"{type(self).__name__}.predict: the batch's images")
         return self._rename(generate(self._stages(), seeds, self.channels, tuple(image.shape[-2:]),
-                                     batch_size=len(seeds), device=self._device(), **self._sampler_options()))
+                                     batch_size=len(seeds), device=self._device(), **self.sampler_options()))
 
     @torch.no_grad()
     def sample(self, num: int, seed: int | None = None, batch_size: int | None = None,
@@ -288,4 +295,4 @@ class DiffusionDenoiser(BaseModel):
                       "image_size" if image_size is not None else "model.sampling.image_size", self.size_divisor)
         return self._rename(generate(self._stages(), range(seed, seed + int(num)), self.channels, hw,
                                      batch_size=int(batch_size or self.sampling.batch_size),
-                                     device=self._device(), progress=progress, **self._sampler_options()))
+                                     device=self._device(), progress=progress, **self.sampler_options()))
