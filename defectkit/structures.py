@@ -194,3 +194,99 @@ class AnomalyResult(Result):
                 "map_shape": list(self.anomaly_map.shape),
                 "map_max": round(float(self.anomaly_map.max()), 6) if self.anomaly_map.numel() else None,
                 "pred_mask_pixels": None if self.pred_mask is None else int(self.pred_mask.sum())}
+
+
+@dataclass
+class InstanceSegmentationResult(Result):
+    """Instances of one image (Mask R-CNN), in ORIGINAL image pixels, on CPU.
+
+    ``masks`` (N, H, W) bool (or uint8 0/1): instance ``k``'s pixels, aligned with
+    ``boxes[k]`` / ``scores[k]`` / ``labels[k]`` (0-based class index); an image without
+    instances has masks (0, H, W), so the image size is always known. ``gate_score`` /
+    ``gated``: as :class:`DetectionResult` (a gated image skipped the box AND mask heads).
+    """
+    boxes: torch.Tensor          # (N, 4) float32 XYXY
+    scores: torch.Tensor         # (N,) float32
+    labels: torch.Tensor         # (N,) int64
+    masks: torch.Tensor          # (N, H, W) bool / uint8
+    gate_score: float | None = None
+    gated: bool = False
+
+    gt_key: ClassVar[str] = "mask"   # tools/test.py draws the semantic class-index mask as GT
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.masks.shape[-2]), int(self.masks.shape[-1])
+
+    def semantic_map(self, score_thr: float = 0.5) -> torch.Tensor:
+        """(H, W) int64 class-index map (0 background, ``label + 1`` for an instance pixel)
+        of the instances with ``score >= score_thr``. Overlaps: the HIGHER-scoring instance
+        wins the pixel (instances are painted in ascending score order; equal scores: the
+        one listed first wins). This is how Mask R-CNN is scored as a semantic segmenter
+        (``InstanceSegmentationEvaluator``)."""
+        out = torch.zeros(self.image_size, dtype=torch.int64)
+        for k in self._paint_order(score_thr):
+            out[self.masks[k].bool()] = int(self.labels[k]) + 1
+        return out
+
+    def _paint_order(self, score_thr: float) -> list[int]:
+        """Indices of the instances with score >= ``score_thr``, lowest score first; among
+        equal scores the later-listed first (so painting in this order, the higher score and
+        then the earlier-listed instance wins a pixel)."""
+        scores = self.scores.tolist()
+        keep = [k for k, s in enumerate(scores) if s >= score_thr]
+        return sorted(keep, key=lambda k: (scores[k], -k))
+
+    def instance_map(self, score_thr: float = 0.5) -> torch.Tensor:
+        """(H, W) int64: 0 background, ``k + 1`` for a pixel of instance ``k`` (same
+        threshold and overlap rule as :meth:`semantic_map`)."""
+        out = torch.zeros(self.image_size, dtype=torch.int64)
+        for k in self._paint_order(score_thr):
+            out[self.masks[k].bool()] = k + 1
+        return out
+
+    def rles(self) -> list[dict]:
+        """COCO RLE (pycocotools, ``counts`` as str) of every mask."""
+        from pycocotools import mask as mask_utils
+        import numpy as np
+
+        if len(self) == 0:
+            return []
+        m = np.asfortranarray(self.masks.to(torch.uint8).permute(1, 2, 0).numpy())
+        out = mask_utils.encode(m)
+        for r in out:
+            r["counts"] = r["counts"].decode("ascii")
+        return out
+
+    def write_files(self, out_dir, stem: str) -> list[str]:
+        """``<stem>_mask.png``: :meth:`semantic_map` (score >= 0.5) as 8-bit PNG (class
+        index per pixel, as SegmentationResult writes it)."""
+        from pathlib import Path
+
+        import numpy as np
+        from PIL import Image
+
+        path = Path(out_dir) / f"{stem}_mask.png"
+        Image.fromarray(self.semantic_map().to(torch.uint8).numpy().astype(np.uint8)).save(path)
+        return [str(path)]
+
+    def to_json(self) -> dict:
+        return {"boxes": [[round(float(v), 2) for v in b] for b in self.boxes],
+                "scores": [round(float(s), 5) for s in self.scores],
+                "labels": [int(l) for l in self.labels],
+                "masks": self.rles(), "image_size": list(self.image_size),
+                "gate_score": None if self.gate_score is None else round(float(self.gate_score), 5),
+                "gated": bool(self.gated)}
+
+    def table_rows(self, path: str, class_names: Sequence[str] | None) -> dict[str, list[dict]]:
+        """``instances``: one row per instance (file, class, score, mask pixels, box in
+        original px)."""
+        areas = self.masks.reshape(len(self), -1).bool().sum(1).tolist() if len(self) else []
+        return {"instances": [
+            {"file": path, "class": class_names[int(l)] if class_names is not None else int(l),
+             "score": round(float(s), 5), "area": int(a), **dict(zip(("xmin", "ymin", "xmax", "ymax"),
+                                                                      (round(float(v), 2) for v in b)))}
+            for b, s, l, a in zip(self.boxes, self.scores, self.labels, areas)]}

@@ -9,4 +9,5 @@ from .draw import (IMAGENET_MEAN, IMAGENET_STD, color_for, colorize, draw_banner
 from .plots import (plot_confusion_matrix, plot_curves, plot_pr_curve, plot_roc_curve,  # noqa: F401
                     plot_scalars, read_scalars)
 from .frame import input_frame  # noqa: F401,E402
-from . import anomaly, segmentation  # noqa: F401,E402  (register the AnomalyResult / SegmentationResult drawers)
+# register the AnomalyResult / InstanceSegmentationResult / SegmentationResult drawers
+from . import anomaly, instances, segmentation  # noqa: F401,E402

@@ -108,8 +108,27 @@ class TwoStageDetector(BaseModel):
         """The RoI head(s) passed in (kept as ``self.<roi_heads.attr>``)."""
         return getattr(self, self._roi_attr)
 
-    def roi_losses(self, features, proposals, image_sizes, gt_boxes, gt_labels) -> dict:
-        return self.roi_heads.losses(self.roi_pool, features, proposals, image_sizes, gt_boxes, gt_labels)
+    def roi_losses(self, features, proposals, image_sizes, gt_boxes, gt_labels, **targets) -> dict:
+        """The RoI heads' losses; ``targets``: the extra per-image targets of
+        :meth:`roi_targets` (none for box-only heads), passed on as keywords."""
+        return self.roi_heads.losses(self.roi_pool, features, proposals, image_sizes, gt_boxes, gt_labels,
+                                     **targets)
+
+    def roi_targets(self, batch: dict, keep: list[int], device: torch.device) -> dict:
+        """Extra per-image training targets of the RoI heads beyond boxes and labels, for the
+        images ``keep`` of ``batch`` (e.g. Mask R-CNN's ``gt_masks``); none here."""
+        return {}
+
+    def make_result(self, det: tuple | None, gate_score: float | None, meta: dict | None):
+        """The result of one image from its ``roi_predict`` entry (boxes, scores, labels in
+        input pixels), or the empty gated result when ``det`` is None; boxes are rescaled to
+        original pixels."""
+        if det is None:
+            return empty_result(gate_score, gated=True)
+        boxes, det_scores, labels = det
+        return DetectionResult(boxes=rescale_boxes(boxes, meta).float().cpu(),
+                               scores=det_scores.float().cpu(), labels=labels.long().cpu(),
+                               gate_score=gate_score, gated=False)
 
     def roi_predict(self, features, proposals, image_sizes) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         return self.roi_heads.predict(self.roi_pool, features, proposals, image_sizes,
@@ -169,7 +188,8 @@ class TwoStageDetector(BaseModel):
         proposals, rpn_losses = self.rpn(image_list, pyramid, [{"boxes": b} for b in boxes])
         losses["loss_rpn_cls"] = rpn_losses["loss_objectness"]
         losses["loss_rpn_bbox"] = rpn_losses["loss_rpn_box_reg"]
-        losses.update(self.roi_losses(pyramid, proposals, sub_sizes, boxes, labels))
+        losses.update(self.roi_losses(pyramid, proposals, sub_sizes, boxes, labels,
+                                      **self.roi_targets(batch, keep, images.device)))
         return losses
 
     @torch.no_grad()
@@ -190,7 +210,7 @@ class TwoStageDetector(BaseModel):
                 passed = torch.where(p > self.gate_cfg.threshold)[0].tolist()
         self._seen += n
         self._passed += len(passed)
-        results = [empty_result(scores[i], gated=True) for i in range(n)]
+        results = [self.make_result(None, scores[i], metas[i]) for i in range(n)]
         if not passed:
             return results
         idx = None if len(passed) == n else torch.tensor(passed, device=images.device)
@@ -199,8 +219,6 @@ class TwoStageDetector(BaseModel):
         image_list = ImageList(images if idx is None else images[idx], sub_sizes)
         proposals, _ = self.rpn(image_list, pyramid)
         dets = self.roi_predict(pyramid, proposals, sub_sizes)
-        for i, (boxes, det_scores, labels) in zip(passed, dets):
-            results[i] = DetectionResult(boxes=rescale_boxes(boxes, metas[i]).float().cpu(),
-                                         scores=det_scores.float().cpu(), labels=labels.long().cpu(),
-                                         gate_score=scores[i], gated=False)
+        for i, det in zip(passed, dets):
+            results[i] = self.make_result(det, scores[i], metas[i])
         return results
