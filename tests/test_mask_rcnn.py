@@ -78,6 +78,18 @@ def test_labelme_dataset_with_instances_one_per_shape_aligned_through_a_flip(tmp
     assert "instance_masks" not in plain                      # the option is off by default
 
 
+def test_a_crop_and_sanitize_drop_an_instance_mask_with_its_box(tmp_path):
+    ann, img = _write_labelme(tmp_path, [("a", [[2, 3], [9, 3], [9, 7], [2, 7]]),
+                                         ("b", [[14, 2], [18, 2], [18, 6], [14, 6]])])
+    ds = LabelMeDataset(str(ann), str(img), classes=["a", "b"], with_instances=True,
+                        pipeline=[{"type": "CenterCrop", "size": [8, 12]},      # x 6..13 kept
+                                  {"type": "SanitizeBoundingBoxes"}])
+    s = ds[0]
+    assert s["labels"].tolist() == [0] and s["instance_masks"].shape == (1, 12, 8)
+    assert s["boxes"].tolist() == [[0, 3, 4, 8]]
+    assert masks_to_boxes(s["instance_masks"].numpy()).tolist() == s["boxes"].tolist()
+
+
 # ------------------------------------------------------------------ the result
 def _result(masks, scores, labels, boxes=None):
     masks = torch.as_tensor(np.asarray(masks)).bool()

@@ -194,8 +194,9 @@ class TwoStageDetector(BaseModel):
 
     @torch.no_grad()
     def predict(self, batch: dict) -> list[DetectionResult]:
-        """One DetectionResult per image, boxes in original pixels. Gated images skip
-        FPN, RPN and the RoI heads and come back empty with ``gated=True``."""
+        """One result per image (:meth:`make_result`: a DetectionResult here), boxes in
+        original pixels. Gated images skip FPN, RPN and the RoI heads and come back empty
+        with ``gated=True``."""
         images: torch.Tensor = batch["image"]
         n = images.shape[0]
         sizes = [tuple(int(v) for v in s) for s in batch.get("image_sizes", [images.shape[-2:]] * n)]
