@@ -386,6 +386,24 @@ def test_crops_come_from_orig_image_when_the_batch_has_it():
     assert head.seen[0][0, 0, 0].tolist() == pytest.approx([(2 * x + 1000 + 0.5) / 3 for x in range(93, 111)], abs=1e-4)
 
 
+def test_training_crops_copies_and_flips():
+    head = FixedHead([0.2] * 5)
+    model = SeverityDetector(StubDetector(TYPES), GRADES, severity_heads={"dash_col": {
+        "crop": {"kind": "column_strip", "width": 18, "out_size": [50, 18], "gray": True,
+                 "train_copies": 3, "flip": True}, "classifier": head}})
+    batch = {"image": _column_image(50, 100), "image_sizes": [(50, 100)],
+             "boxes": [torch.tensor([[40.0, 0, 42, 50]])], "labels": [torch.tensor([0])], "grades": [torch.tensor([2])]}
+    out = model.train()(batch)
+    crops = head.seen[0]
+    assert crops.shape == (3, 1, 50, 18) and out["loss_sev_dash_col"].requires_grad
+    ref = crop_regions(_column_image(50, 100), torch.tensor([[32.0, 0, 50, 50]]), torch.zeros(1, dtype=torch.long),
+                       (50, 18), gray=True)[0]
+    for c in crops:      # each copy is the strip, possibly flipped left-right and/or up-down
+        assert any(torch.equal(c, f) for f in (ref, ref.flip(-1), ref.flip(-2), ref.flip(-1).flip(-2)))
+    with pytest.raises(ValueError, match=r"crop\.train_copies"):
+        CropSpec.parse({"train_copies": 0}, "crop")
+
+
 def test_ignore_types_and_gt_grades_with_stub():
     dets = [DetectionResult(boxes=torch.tensor([[100.0, 20, 104, 180], [10, 10, 40, 40]]),
                             scores=torch.tensor([0.9, 0.95]), labels=torch.tensor([0, 2]))]

@@ -29,7 +29,7 @@ import torch
 from torchvision.ops import roi_align
 
 CROP_KINDS = ("box", "column_strip")
-_CROP_KEYS = ("kind", "out_size", "padding", "width", "gray", "jitter")
+_CROP_KEYS = ("kind", "out_size", "padding", "width", "gray", "jitter", "train_copies", "flip")
 
 
 def adjust_boundary(lo: torch.Tensor, hi: torch.Tensor, limit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,13 +104,18 @@ class CropSpec:
     kind: ``box`` | ``column_strip``; out_size: (h, w) of the crop in px; padding: ``box``
     margin as a fraction of the box size per side; width: ``column_strip`` width in px of the
     image the crop is cut from; gray: one channel (channel mean); jitter: training-only random
-    move of the ground-truth box edges, as a fraction of its size (0: none)."""
+    move of the ground-truth box edges, as a fraction of its size (0: none); train_copies:
+    crops cut per ground-truth box at training (each with its own jitter / flips: more head
+    updates per detector step, the heads cost a few % of it); flip: training-only random
+    horizontal and vertical flips of the crops (the original classifier's flips)."""
     kind: str = "box"
     out_size: tuple[int, int] = (64, 64)
     padding: float = 0.0
     width: int = 18
     gray: bool = False
     jitter: float = 0.0
+    train_copies: int = 1
+    flip: bool = False
 
     @classmethod
     def parse(cls, cfg: Any, where: str) -> "CropSpec":
@@ -144,8 +149,14 @@ class CropSpec:
         jitter = cfg.get("jitter", 0.0)
         if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
             raise ValueError(f"{where}.jitter: expected a number in [0, 1), got {jitter!r}")
+        copies = cfg.get("train_copies", 1)
+        if isinstance(copies, bool) or not isinstance(copies, int) or not 1 <= copies <= 64:
+            raise ValueError(f"{where}.train_copies: expected an int in 1..64, got {copies!r}")
+        flip = cfg.get("flip", False)
+        if not isinstance(flip, bool):
+            raise ValueError(f"{where}.flip: expected true or false, got {flip!r}")
         return cls(kind=kind, out_size=(int(size[0]), int(size[1])), padding=float(padding),
-                   width=int(width), gray=gray, jitter=float(jitter))
+                   width=int(width), gray=gray, jitter=float(jitter), train_copies=int(copies), flip=flip)
 
     def regions(self, boxes: torch.Tensor, image_hw: torch.Tensor) -> torch.Tensor:
         """The regions (K, 4) XYXY px to crop for ``boxes`` (K, 4) of images of size
@@ -170,3 +181,16 @@ def match_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
     if channels == 1:
         return x.mean(1, keepdim=True)
     raise ValueError(f"crops have {x.shape[1]} channels but the classifier takes {channels}")
+
+
+def random_flips(crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each crop (K, C, h, w) flipped left-right and, independently, up-down with p = 0.5."""
+    if crops.shape[0] == 0:
+        return crops
+    k = crops.shape[0]
+    lr = torch.rand(k, generator=generator) < 0.5
+    ud = torch.rand(k, generator=generator) < 0.5
+    out = crops.clone()
+    out[lr.to(crops.device)] = out[lr.to(crops.device)].flip(-1)
+    out[ud.to(crops.device)] = out[ud.to(crops.device)].flip(-2)
+    return out

@@ -20,7 +20,8 @@ score per defect and an OK/NG verdict per image (issue 13; research note §§2-3
 
 Training (``forward``): the detector's losses plus, per head type, ``loss_sev_<type>``: the
 cross-entropy of the head on crops (``crops.CropSpec``, ``roi_align``) of the batch's GT boxes
-of that type whose grade is known (``grades`` != -1), and ``acc_sev_<type>`` (% correct; a
+of that type whose grade is known (``grades`` != -1; ``train_copies`` crops per box with the
+crop's ``jitter`` / ``flip`` augmentations), and ``acc_sev_<type>`` (% correct; a
 step without such a box repeats the previous step's value, so the logged average is not
 diluted). Without crops the loss is zero but attached to the head's parameters. Crops come
 from ``batch['orig_image']`` (original pixels, boxes scaled back by ``meta['scale_factor']``)
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 
 from ...registry import MODELS
 from ..base import BaseModel, Progress
-from .crops import CropSpec, jitter_boxes, match_channels
+from .crops import CropSpec, jitter_boxes, match_channels, random_flips
 from .result import SeverityResult
 from .scoring import VerdictRules, resolve_weights, severity_score
 
@@ -244,9 +245,10 @@ class SeverityDetector(BaseModel):
         assert len(boxes) == n
         return boxes, labels, grades
 
-    def _gt_crops(self, t: str, batch: dict, boxes, labels, grades, jitter: bool):
+    def _gt_crops(self, t: str, batch: dict, boxes, labels, grades, train: bool):
         """Crops of the GT boxes of type ``t`` (all of them, or only graded when ``grades``
-        is given): (crops, targets or None, (image index, box index) pairs)."""
+        is given): (crops, targets or None, (image index, box index) pairs). ``train``: the
+        crop's ``train_copies`` / ``jitter`` / ``flip`` augmentations apply."""
         device = batch["image"].device
         k = self.classes.index(t)
         source, original = self._crop_source(batch)
@@ -271,11 +273,19 @@ class SeverityDetector(BaseModel):
             where.extend((i, int(j)) for j in idx)
         if not sel_boxes:
             return None, None, []
-        bb = torch.cat(sel_boxes)
-        if jitter and self.crops[t].jitter > 0:
-            bb = jitter_boxes(bb, self.crops[t].jitter)
-        crops, _ = self._cut(t, source, bb, torch.cat(sel_img), sizes)
-        return crops, (torch.cat(sel_y) if sel_y else None), where
+        bb, img_idx = torch.cat(sel_boxes), torch.cat(sel_img)
+        y = torch.cat(sel_y) if sel_y else None
+        spec = self.crops[t]
+        if train:               # training: copies, jitter, flips
+            if spec.train_copies > 1:
+                bb, img_idx = bb.repeat(spec.train_copies, 1), img_idx.repeat(spec.train_copies)
+                y = y.repeat(spec.train_copies) if y is not None else None
+            if spec.jitter > 0:
+                bb = jitter_boxes(bb, spec.jitter)
+        crops, _ = self._cut(t, source, bb, img_idx, sizes)
+        if train and spec.flip:
+            crops = random_flips(crops)
+        return crops, y, where
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -289,7 +299,7 @@ class SeverityDetector(BaseModel):
                            f"{list(self.heads)} need the grade of each box")
         boxes, labels, grades = self._gt(batch, device)
         for t, head in self.heads.items():
-            crops, y, _ = self._gt_crops(t, batch, boxes, labels, grades, jitter=True)
+            crops, y, _ = self._gt_crops(t, batch, boxes, labels, grades, train=True)
             if crops is None:
                 zero = sum((p.sum() * 0.0 for p in head.parameters() if p.requires_grad),
                            batch["image"].new_zeros(()))
@@ -412,7 +422,7 @@ class SeverityDetector(BaseModel):
         G = len(self.grades)
         probs = [torch.full((b.shape[0], G), math.nan) for b in boxes]
         for t in self.heads:
-            crops, _, where = self._gt_crops(t, batch, boxes, labels, None, jitter=False)
+            crops, _, where = self._gt_crops(t, batch, boxes, labels, None, train=False)
             if crops is None:
                 continue
             p = self._grade(t, crops).cpu()
