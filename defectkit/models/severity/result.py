@@ -160,8 +160,16 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+# bright, saturated colours that stay readable on dark sensor frames (no dark blue / red)
+DARK_FRAME_COLORS: tuple[tuple[int, int, int], ...] = (
+    (255, 214, 0), (0, 230, 255), (255, 90, 210), (130, 255, 80), (255, 150, 40), (180, 160, 255),
+    (255, 255, 255))
+
+
 def type_color(label: int, num_types: int) -> tuple[int, int, int]:
-    """Per-type colour: the project palette (saturated, value 0.95), readable on dark frames."""
+    """Per-type colour: :data:`DARK_FRAME_COLORS`, then the project palette for more types."""
+    if 0 <= label < len(DARK_FRAME_COLORS):
+        return DARK_FRAME_COLORS[label]
     return palette(max(num_types, label + 1))[label]
 
 
