@@ -122,6 +122,20 @@ def test_box_crop_matches_a_hand_slice():
     assert reg.tolist() == [[0.0, 0.0, 25.0, 25.0]]
 
 
+def test_window_crop_is_a_fixed_size_unresized_patch():
+    torch.manual_seed(0)
+    img = torch.rand(1, 3, 40, 60)
+    spec = CropSpec.parse({"kind": "window", "out_size": [16, 20]}, "crop")
+    boxes = torch.tensor([[20.0, 10, 30, 20],      # centre (25, 15): [15, 35) x [7, 23)
+                          [0.0, 0, 4, 4],          # top-left corner: shifted to [0, 20) x [0, 16)
+                          [50.0, 30, 60, 40]])     # bottom-right: [40, 60) x [24, 40)
+    hw = torch.tensor([[40.0, 60.0]] * 3)
+    crops, reg = spec.crop(img, boxes, torch.zeros(3, dtype=torch.long), hw)
+    assert reg.tolist() == [[15.0, 7.0, 35.0, 23.0], [0.0, 0.0, 20.0, 16.0], [40.0, 24.0, 60.0, 40.0]]
+    assert torch.allclose(crops[0], img[0, :, 7:23, 15:35], atol=1e-6)
+    assert torch.allclose(crops[2], img[0, :, 24:40, 40:60], atol=1e-6)
+
+
 def test_crop_spec_errors_name_the_key():
     with pytest.raises(ValueError, match=r"heads\.x\.crop\.kind: 'strip' is not one of"):
         CropSpec.parse({"kind": "strip"}, "heads.x.crop")

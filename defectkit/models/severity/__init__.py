@@ -7,7 +7,7 @@ Importing registers ``SeverityFasterRCNN``, ``DashNet``, ``SeverityDetector`` (M
 from .scoring import (Verdict, VerdictRule, VerdictRules, compat_weights, default_weights,  # noqa: F401
                       resolve_weights, severity_score)
 from .crops import (CropSpec, adjust_boundary, box_regions, column_strip_regions,  # noqa: F401
-                    crop_regions, jitter_boxes)
+                    crop_regions, jitter_boxes, window_regions)
 from .shallownet import Mixed0, ShallowNet  # noqa: F401
 from .dashnet import DashNet  # noqa: F401
 from .detector import SeverityFasterRCNN, SingleLevelNeck  # noqa: F401

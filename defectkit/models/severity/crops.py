@@ -13,6 +13,12 @@ Two kinds of region (``CropSpec.kind``):
   inside the image at the borders by :func:`adjust_boundary` (the original's function of the
   same name); an image narrower than ``width`` gives the whole width.
 
+- ``window``: a fixed ``out_size`` window (px of the image cropped from) centred on
+  ``int`` of the box centre, shifted inside the image by :func:`adjust_boundary` on both axes:
+  the README's hand-cut "fixed-size defect patches". Unlike ``box`` it is not resized, so
+  the defect's size stays visible to the head (a resized box crop shows every blob equally
+  large, and the synthetic grades depend on area).
+
 Each region is resampled to ``out_size = (h, w)`` (torch order: the strip's default is
 (1080, 18), tall) by ``roi_align(aligned=True, sampling_ratio=-1)``: bilinear at bin centres
 when enlarging (one sample per bin), the mean of ``ceil(region / out)`` samples per axis when
@@ -28,7 +34,7 @@ from typing import Any, Sequence
 import torch
 from torchvision.ops import roi_align
 
-CROP_KINDS = ("box", "column_strip")
+CROP_KINDS = ("box", "column_strip", "window")
 _CROP_KEYS = ("kind", "out_size", "padding", "width", "gray", "jitter", "train_copies", "flip")
 
 
@@ -54,6 +60,19 @@ def column_strip_regions(boxes: torch.Tensor, image_hw: torch.Tensor, width: int
     lo, hi = adjust_boundary(lo, lo + width, hw[:, 1])
     zeros = torch.zeros_like(lo)
     return torch.stack([lo, zeros, hi, hw[:, 0]], dim=1)
+
+
+def window_regions(boxes: torch.Tensor, image_hw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Fixed ``size = (h, w)`` windows (K, 4) XYXY centred on ``int`` of each box centre,
+    shifted inside the image (``adjust_boundary`` per axis; the whole axis when too small)."""
+    boxes = boxes.float()
+    hw = image_hw.to(boxes)
+    h, w = int(size[0]), int(size[1])
+    cx = torch.floor((boxes[:, 0] + boxes[:, 2]) / 2)
+    cy = torch.floor((boxes[:, 1] + boxes[:, 3]) / 2)
+    x0, x1 = adjust_boundary(cx - w // 2, cx - w // 2 + w, hw[:, 1])
+    y0, y1 = adjust_boundary(cy - h // 2, cy - h // 2 + h, hw[:, 0])
+    return torch.stack([x0, y0, x1, y1], dim=1)
 
 
 def box_regions(boxes: torch.Tensor, image_hw: torch.Tensor, padding: float = 0.0) -> torch.Tensor:
@@ -101,7 +120,8 @@ def jitter_boxes(boxes: torch.Tensor, fraction: float, generator: torch.Generato
 class CropSpec:
     """How one defect type's region is cut (``model.severity_heads.<type>.crop``).
 
-    kind: ``box`` | ``column_strip``; out_size: (h, w) of the crop in px; padding: ``box``
+    kind: ``box`` | ``column_strip`` | ``window``; out_size: (h, w) of the crop in px (for
+    ``window`` also its size in the image); padding: ``box``
     margin as a fraction of the box size per side; width: ``column_strip`` width in px of the
     image the crop is cut from; gray: one channel (channel mean); jitter: training-only random
     move of the ground-truth box edges, as a fraction of its size (0: none); train_copies:
@@ -163,6 +183,8 @@ class CropSpec:
         ``image_hw`` (K, 2) (h, w)."""
         if self.kind == "column_strip":
             return column_strip_regions(boxes, image_hw, self.width)
+        if self.kind == "window":
+            return window_regions(boxes, image_hw, self.out_size)
         return box_regions(boxes, image_hw, self.padding)
 
     def crop(self, images: torch.Tensor, boxes: torch.Tensor, batch_idx: torch.Tensor,
