@@ -199,8 +199,10 @@ class SeverityDetector(BaseModel):
         return (orig, True) if orig is not None else (batch["image"], False)
 
     def _source_sizes(self, batch: dict, source: Any, original: bool) -> list[tuple[int, int]]:
-        if original:
-            return [tuple(int(v) for v in img.shape[-2:]) for img in source]
+        if original:     # a stacked (padded) orig_image: the true sizes are in meta['orig_size']
+            metas = batch.get("meta") or [None] * len(source)
+            return [tuple(int(v) for v in ((m or {}).get("orig_size") or img.shape[-2:]))
+                    for m, img in zip(metas, source)]
         n = batch["image"].shape[0]
         return [tuple(int(v) for v in s) for s in batch.get("image_sizes", [batch["image"].shape[-2:]] * n)]
 
