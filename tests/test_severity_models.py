@@ -14,6 +14,7 @@ from defectkit.models.base import BaseModel
 from defectkit.models.severity import (CropSpec, DashNet, SeverityDetector, SeverityResult, VerdictRules,
                                        adjust_boundary, column_strip_regions, compat_weights, crop_regions,
                                        default_weights, draw_severity, resolve_weights, severity_score)
+from defectkit.engine.builders import build_model
 from defectkit.registry import MODELS
 from defectkit.structures import DetectionResult
 
@@ -271,7 +272,7 @@ def _synthetic_batch(n: int = 2, h: int = 96, w: int = 128) -> dict:
 
 def test_severity_detector_forward_losses_and_training_reduces_loss():
     torch.manual_seed(0)
-    model = MODELS.build(_tiny_cfg())
+    model = build_model(_tiny_cfg())
     batch = _synthetic_batch()
     model.train()
     out = model(batch)
@@ -293,7 +294,7 @@ def test_severity_detector_forward_losses_and_training_reduces_loss():
 
 
 def test_forward_without_grades_or_crops():
-    model = MODELS.build(_tiny_cfg())
+    model = build_model(_tiny_cfg())
     batch = _synthetic_batch()
     model.train()
     with pytest.raises(KeyError, match="with_grades: true"):
@@ -305,7 +306,7 @@ def test_forward_without_grades_or_crops():
 
 def test_predict_boxes_in_original_pixels_real_detector():
     torch.manual_seed(0)
-    model = MODELS.build(_tiny_cfg()).eval()
+    model = build_model(_tiny_cfg()).eval()
     batch = _synthetic_batch(1)
     batch["meta"][0].update(scale_factor=(0.5, 0.5), orig_size=(192, 256))   # the input is half size
     (r,) = model.predict(batch)
@@ -438,6 +439,8 @@ def test_ignore_types_and_gt_grades_with_stub():
     assert r.gt_verdict == "NG"
     with pytest.raises(ValueError, match=r"model\.ignore_types: \['scratch'\]"):
         _stub_model(dets, ignore_types=["scratch"])
+    with pytest.raises(TypeError, match="model.detector: SeverityDetector takes a built model"):
+        SeverityDetector({"type": "SeverityFasterRCNN"}, GRADES)
     with pytest.raises(ValueError, match=r"model\.severity_heads\.scratch: 'scratch' is not a defect type"):
         SeverityDetector(StubDetector(TYPES, dets), GRADES, severity_heads={"scratch": {"classifier": head}})
 
@@ -477,7 +480,6 @@ def test_result_json_tables_voc_and_drawing(tmp_path):
 
 def test_tiny_config_builds():
     from defectkit.config import load_config
-    from defectkit.engine.builders import build_model
 
     cfg = load_config("configs/severity/severity_shallownet_tiny_sensor.yaml")
     model = build_model(cfg["model"], ["blemish", "dash_col", "spot"])
@@ -487,7 +489,6 @@ def test_tiny_config_builds():
 
 def test_r50_config_has_the_note_settings():
     from defectkit.config import load_config
-    from defectkit.engine.builders import build_model
 
     cfg = load_config("configs/severity/severity_r50_sensor.yaml")
     assert cfg["optimizer"] == {"type": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0}

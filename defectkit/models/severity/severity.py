@@ -101,7 +101,7 @@ def head_in_channels(module: nn.Module) -> int:
 class SeverityDetector(BaseModel):
     """Args (module docstring for the config shape):
         detector: the built detector (config: a model dict or a config path; the builder
-            builds it with the dataset's classes). A dict is also built here (tests).
+            ``engine.builders.build_model`` builds it with the dataset's classes).
         grades: the grade names, lightest first (G = len); the severity datasets'
             ``grade_names`` must match.
         severity_heads: {type: {crop, classifier, score_weights}}; types not listed are
@@ -116,7 +116,7 @@ class SeverityDetector(BaseModel):
 
     model_parts = {"detector": True}
 
-    def __init__(self, detector: nn.Module | dict, grades: Sequence[str], severity_heads: dict | None = None,
+    def __init__(self, detector: nn.Module, grades: Sequence[str], severity_heads: dict | None = None,
                  classes: list[str] | None = None, num_classes: int | None = None,
                  ignore_types: Sequence[str] = (), report_score_thr: float = 0.5,
                  compat_weights_0_2k: bool = False, verdict: dict | list | None = None):
@@ -124,12 +124,10 @@ class SeverityDetector(BaseModel):
         if not isinstance(grades, (list, tuple)) or len(grades) < 2:
             raise ValueError(f"model.grades: a list of at least 2 grade names (lightest first), got {grades!r}")
         self.grades = [str(g) for g in grades]
-        if isinstance(detector, dict):
-            det_cfg = dict(detector)
-            if classes is not None and "classes" not in det_cfg and "num_classes" not in det_cfg:
-                det_cfg["classes"] = list(classes)
-            detector = MODELS.build(det_cfg)
-        if not isinstance(detector, nn.Module) or not callable(getattr(detector, "predict", None)):
+        if not isinstance(detector, nn.Module):
+            raise TypeError("model.detector: SeverityDetector takes a built model; build the config "
+                            "with defectkit.engine.build_model, which builds its parts")
+        if not callable(getattr(detector, "predict", None)):
             raise ValueError(f"model.detector: expected a detector model, got {type(detector).__name__}")
         det_classes = getattr(detector, "classes", None)
         if classes is None:
