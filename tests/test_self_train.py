@@ -86,6 +86,10 @@ def test_pseudo_label_precision_recall_per_class_and_size():
     assert m["per_size"]["small"]["precision"] == pytest.approx(1 / 3) and m["per_size"]["small"]["recall"] == 1.0
     assert m["per_size"]["medium"] == {"precision": None, "recall": 0.0, "tp": 0, "num_pred": 0, "num_gt": 1}
     assert m["per_size"]["large"] == {"precision": None, "recall": 0.0, "tp": 0, "num_pred": 0, "num_gt": 1}
+    # GT boxes of ACCEPTED images without a pseudo-label (trained as background next round): image 0's
+    # b box; image 1 is rejected (its missed box costs recall, not background), image 2 has no GT
+    assert m["in_accepted"] == {"gt": 2, "missed": 1, "per_class": {"a": {"gt": 1, "missed": 0},
+                                                                    "b": {"gt": 1, "missed": 1}}}
     # two boxes on one GT box: the higher score matches, the other is a false positive
     dup = pseudo_label_metrics([{"boxes": [[1, 1, 10, 10], [0, 0, 10, 10]], "labels": [0, 0], "scores": [0.5, 0.9]}],
                                [{"boxes": [[0, 0, 10, 10]], "labels": [0]}])
@@ -168,6 +172,8 @@ def test_tool_round_folders_labelled_untouched_and_resume(synth_voc, tmp_path, m
     assert r2["train_images"] == len(state2["split"]["labelled"]) + r2["train_pseudo"]
     assert str(wd / "round_1" / "pseudo") in (wd / "round_2" / "config.yaml").read_text()
     assert state2["rounds"][0]["audit"]["num_gt"] > 0 and "per_size" in state2["rounds"][0]["audit"]
+    ia = state2["rounds"][1]["audit"]["in_accepted"]
+    assert 0 <= ia["missed"] <= ia["gt"] and set(ia["per_class"]) == {"hole", "stain"}
     assert (wd / "rounds.png").is_file()
     out = capsys.readouterr().out
     assert "| round | train imgs (pseudo) | val mAP |" in out

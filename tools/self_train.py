@@ -36,7 +36,9 @@ its final weights:
    (written to ``pseudo.tmp`` then renamed: an earlier round's folder is never touched; the
    image is referenced by its absolute ``<path>``, with a ``<score>`` per object);
 4. audit: precision / recall of the pseudo-labels of the hidden labelled images, per class and
-   per COCO size bucket (``pseudo_label_metrics``, IoU >= 0.5).
+   per COCO size bucket (``pseudo_label_metrics``, IoU >= 0.5), and the hidden GT boxes of the
+   ACCEPTED images that got no pseudo-label (``in_accepted``): the next round trains them as
+   background, a cost the acceptance rule cannot see (the model scored them ``<= --low`` or mislocated them).
 
 Each round re-labels the whole pool with its own model and the next round uses only that
 set (the original copied every accepted image into the training folder for good and
@@ -333,7 +335,13 @@ def audit_detail(rec: dict) -> str:
         return ""
     part = lambda d: ", ".join(f"{k} P {fmt(v['precision'], 2)} R {fmt(v['recall'], 2)} "  # noqa: E731
                                f"({v['num_pred']}/{v['num_gt']})" for k, v in d.items() if v["num_pred"] or v["num_gt"])
-    return f"round {rec['round']} audit per class: {part(au['per_class'])}; per size: {part(au['per_size'])}"
+    line = f"round {rec['round']} audit per class: {part(au['per_class'])}; per size: {part(au['per_size'])}"
+    ia = au.get("in_accepted")          # absent from records of older runs
+    if ia and ia["gt"]:
+        line += (f"; accepted images: {ia['missed']} of their {ia['gt']} GT boxes without a pseudo-label (trained as "
+                 "background next round): " + ", ".join(f"{k} {v['missed']}/{v['gt']}"
+                                                         for k, v in ia["per_class"].items() if v["gt"]))
+    return line
 
 
 def plot(records: list[dict], path: Path, metric: str, title: str) -> None:

@@ -11,7 +11,9 @@ Source: the original's ``tool/auto_label.py`` (research note ``severity.md`` §1
 - :func:`select_pseudo_labels`: accept an image iff it has >= 1 confident box and no box
   of intermediate confidence (note §1 step 3).
 - :func:`pseudo_label_metrics`: precision / recall of pseudo-labels per class and per COCO
-  box-size bucket (small < 32², medium < 96², large), greedy matching at IoU >= 0.5.
+  box-size bucket (small < 32², medium < 96², large), greedy matching at IoU >= 0.5, and
+  the ground-truth boxes of accepted images left without a pseudo-label (trained as
+  background in the next round).
 """
 from __future__ import annotations
 
@@ -193,8 +195,15 @@ def pseudo_label_metrics(pred: Sequence[Mapping | None], gt: Sequence[Mapping], 
     counts in the bucket of its own area for precision, a GT box in its own for recall).
     A ratio with a zero denominator is None (never NaN).
 
+    ``in_accepted`` counts, per class, the GT boxes of ACCEPTED images and those of them no
+    pseudo-label matches (``missed``): objects that the next round trains as background,
+    because an accepted image's unlabelled area is background to the detector. The
+    acceptance rule cannot see them (the model scored them ``<= low``, or its confident box
+    has another class or misses them), so only the audit can measure this cost.
+
     Returns ``{"precision", "recall", "tp", "num_pred", "num_gt", "images", "images_accepted",
-    "per_class": {name: {...}}, "per_size": {"small"|"medium"|"large": {...}}}``, where
+    "per_class": {name: {...}}, "per_size": {"small"|"medium"|"large": {...}},
+    "in_accepted": {"gt", "missed", "per_class": {name: {"gt", "missed"}}}}``, where
     ``{...}`` holds precision, recall, tp, num_pred, num_gt.
     """
     if len(pred) != len(gt):
@@ -204,6 +213,7 @@ def pseudo_label_metrics(pred: Sequence[Mapping | None], gt: Sequence[Mapping], 
     cls_c: dict[Any, list[int]] = {name(k): [0, 0, 0, 0] for k in range(len(classes))} if classes else {}
     size_c: dict[str, list[int]] = {b: [0, 0, 0, 0] for b, _, _ in SIZE_BUCKETS}   # tp_pred, n_pred, tp_gt, n_gt
     accepted = 0
+    acc_c: dict[Any, list[int]] = {name(k): [0, 0] for k in range(len(classes))} if classes else {}  # gt, missed
     for p, g in zip(pred, gt):
         pb = _as_boxes(p, "boxes")
         pl = torch.as_tensor(p["labels"] if p is not None else [], dtype=torch.int64).reshape(-1)
@@ -212,6 +222,11 @@ def pseudo_label_metrics(pred: Sequence[Mapping | None], gt: Sequence[Mapping], 
         gb, gl = _as_boxes(g, "boxes"), torch.as_tensor(g["labels"], dtype=torch.int64).reshape(-1)
         accepted += int(p is not None)
         pm, gm = match_boxes(pb, pl, ps, gb, gl, iou)
+        if p is not None:
+            for lab, ok in zip(gl.tolist(), gm.tolist()):
+                c = acc_c.setdefault(name(lab), [0, 0])
+                c[0] += 1
+                c[1] += int(not ok)
         for boxes, labels, matched, col in ((pb, pl, pm, 0), (gb, gl, gm, 2)):
             areas = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).tolist()
             for a, lab, ok in zip(areas, labels.tolist(), matched.tolist()):
@@ -223,5 +238,7 @@ def pseudo_label_metrics(pred: Sequence[Mapping | None], gt: Sequence[Mapping], 
     assert tot[0] == tot[2]         # one-to-one matching: matched pseudo boxes == matched GT boxes
     out.update(images=len(gt), images_accepted=accepted,
                per_class={k: _pr(c[0], c[1], c[3]) for k, c in cls_c.items()},
-               per_size={k: _pr(c[0], c[1], c[3]) for k, c in size_c.items()})
+               per_size={k: _pr(c[0], c[1], c[3]) for k, c in size_c.items()},
+               in_accepted={"gt": sum(c[0] for c in acc_c.values()), "missed": sum(c[1] for c in acc_c.values()),
+                            "per_class": {k: {"gt": c[0], "missed": c[1]} for k, c in acc_c.items()}})
     return out
