@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from defectkit.data.synth import PRESETS, SynthError, generate, severity_grade
+from defectkit.data.synth.generator import MIN_BOX_SIDE, annotation_box
 
 REPO = Path(__file__).resolve().parents[1]
 N, SIZE, SEED = 16, (128, 128), 3
@@ -158,7 +159,9 @@ def test_every_format_present_and_consistent(ds, coco):
             inst = _raster(shape["points"], h, w)
             assert (cmask[inst] == a["category_id"]).all()
             assert int(inst.sum()) == a["area"]
-            assert _bbox(inst) == [x, y, x + bw, y + bh]
+            # the annotation box: the mask's tight box grown to >= 8 px a side (labeller-like)
+            assert annotation_box(_bbox(inst), w, h) == [x, y, x + bw, y + bh]
+            assert min(bw, bh) >= min(MIN_BOX_SIDE, w, h)
             # VOC box == COCO box
             bb = obj.find("bndbox")
             assert obj.findtext("name") == name
@@ -171,7 +174,8 @@ def test_every_format_present_and_consistent(ds, coco):
             ious.append((m & inst).sum() / max((m | inst).sum(), 1))
             # severity crop exists and covers the box
             crop = Image.open(out / "severity" / str(a["severity"]) / f"{stem}_{k}.png")
-            assert crop.size[0] >= bw and crop.size[1] >= bh
+            tb = _bbox(inst)                     # crops are cut around the mask's tight box
+            assert crop.size[0] >= tb[2] - tb[0] and crop.size[1] >= tb[3] - tb[1]
 
         # MVTec layout
         gt_dirs = list((out / "mvtec" / "ground_truth").glob(f"*/{stem}_mask.png"))
@@ -285,3 +289,14 @@ def test_demo_preset_draws_every_defect_at_strength_half_or_more(monkeypatch):
             generator.render(preset, i, seed=0, width=96, height=96, normal=False)
         assert seen and min(seen) >= floor
         assert (min(seen) < 0.5) == (floor == 0.0)
+
+
+def test_annotation_box_hand_values():
+    """Thin defects get labeller-like boxes: >= 8 px a side, centred, kept inside the image."""
+    assert MIN_BOX_SIDE == 8
+    assert annotation_box([100, 0, 101, 288], 512, 288) == [97, 0, 105, 288]     # 1 px: 7 more, 3 left, 4 right
+    assert annotation_box([100, 10, 103, 200], 512, 288) == [98, 10, 106, 200]   # 3 px: odd remainder right
+    assert annotation_box([0, 5, 2, 9], 512, 288) == [0, 3, 8, 11]               # left border: shifted in
+    assert annotation_box([511, 284, 512, 288], 512, 288) == [504, 280, 512, 288]  # bottom-right corner
+    assert annotation_box([10, 10, 40, 30], 512, 288) == [10, 10, 40, 30]        # large: unchanged
+    assert annotation_box([2, 2, 3, 3], 6, 64) == [0, 0, 6, 8]                  # image narrower than 8: clipped

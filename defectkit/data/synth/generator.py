@@ -24,6 +24,7 @@ from .severity import severity_grade
 VERSION = "1.0.0"
 TRAIN_FRACTION = 0.8
 MIN_SIDE, MAX_SIDE = 32, 8192
+MIN_BOX_SIDE = 8           # px: annotation boxes are at least this wide and tall (labeller-like)
 OUTPUTS = ("images", "coco", "mvtec", "masks", "labelme", "voc", "severity", "dataset.json")
 
 
@@ -180,6 +181,33 @@ def render(preset: Preset, index: int, seed: int, width: int, height: int, norma
     return out, placed
 
 
+def annotation_box(tight, width: int, height: int, min_side: int = MIN_BOX_SIDE) -> list[int]:
+    """The annotation box of a defect: its mask's tight box (xyxy, exclusive x1/y1, pixel
+    edges) widened/heightened to at least ``min_side`` px, as a labeller draws it.
+
+    A 1-3 px column line has a 1-3 px tight box, where a 1 px localisation error is already
+    IoU 0.33; a person in LabelImg draws a few pixels around it. A side shorter than
+    ``min_side`` grows symmetrically about its centre (an odd remainder goes to the far
+    side), is shifted back inside the image when it would cross a border (as the original's
+    ``adjust_boundary``) and is finally clipped to the image (only when the image side itself
+    is shorter than ``min_side``). Longer sides and the masks are unchanged; every format
+    (COCO ``bbox``, VOC ``bndbox``) takes its box from here. Integer maths only:
+    deterministic."""
+    out = [int(v) for v in tight]
+    for lo, hi, size in ((0, 2, int(width)), (1, 3, int(height))):
+        a, b = out[lo], out[hi]
+        short = min_side - (b - a)
+        if short > 0:
+            a, b = a - short // 2, b + short - short // 2
+            if a < 0:
+                a, b = 0, b - a
+            if b > size:
+                a, b = a - (b - size), size
+            a, b = max(a, 0), min(b, size)
+        out[lo], out[hi] = a, b
+    return out
+
+
 # ---------------------------------------------------------------------------- per-image work
 _CFG: dict = {}
 
@@ -224,7 +252,8 @@ def _work(job) -> dict:
         sub = class_mask[reg.slices]
         sub[reg.mask] = cat_of[d["name"]]
         defects.append({"name": d["name"], "category_id": cat_of[d["name"]],
-                        "box": list(reg.box), "area": reg.area, "severity": d["severity"],
+                        "box": annotation_box(reg.box, w, h), "mask_box": list(reg.box),
+                        "area": reg.area, "severity": d["severity"],
                         "contrast": round(d["contrast"], 3),
                         "points": [[float(x), float(y)] for x, y in reg.polygon]})
     W.save_png(out / "masks" / f"{stem}.png", class_mask, level=6)
@@ -246,7 +275,7 @@ def _work(job) -> dict:
     if defects:
         W.dump_json(W.labelme(file_name, w, h, defects), out / "labelme" / f"{stem}.json", indent=2)
         for k, d in enumerate(defects):
-            x0, y0, x1, y1 = W.crop_box(d["box"], w, h)
+            x0, y0, x1, y1 = W.crop_box(d["mask_box"], w, h)   # crops as before: around the mask
             W.save_png(out / "severity" / str(d["severity"]) / f"{stem}_{k}.png",
                        np.ascontiguousarray(img[y0:y1, x0:x1]))
     with open(out / "voc" / "Annotations" / f"{stem}.xml", "w", encoding="utf-8", newline="\n") as f:
