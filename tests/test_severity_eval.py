@@ -311,3 +311,52 @@ def test_bad_options_raise_clear_errors():
     res = [result_for(a, [3, 1], "NG", "NG"), result_for(b, [4, None], "NG", "NG"), result_for(c, [], "OK", "OK")]
     with pytest.raises(ValueError, match="score_weights for 'blemish' has 3 values for 5 grades"):
         evaluate(ds, res, score_weights={"blemish": [0, 0.5, 1]})
+
+
+# ---------------------------------------------------------------- grade names and model weights
+def _real_results(ds, **extra):
+    a, b, c = ds.records
+    res = [result_for(a, [3, 1], "NG", "NG"), result_for(b, [4, None], "NG", "NG"), result_for(c, [], "OK", "OK")]
+    for r in res:
+        for k, v in extra.items():
+            setattr(r, k, v)
+    return res
+
+
+@pytest.mark.skipif(_Real is None, reason="needs the real SeverityResult")
+def test_grade_names_differing_from_the_dataset_raise_one_clear_error():
+    ds = fake_dataset()                                    # grade_names "1".."5"
+    ok = _real_results(ds, grade_names=list(GRADES))
+    _, m = evaluate(ds, ok)
+    assert m["grades"] == GRADES
+    bad = _real_results(ds, grade_names=["A", "B", "C", "D", "E"])
+    with pytest.raises(ValueError) as e:
+        evaluate(ds, bad)
+    msg = str(e.value)
+    assert "['1', '2', '3', '4', '5']" in msg and "['A', 'B', 'C', 'D', 'E']" in msg
+    assert "model.grades" in msg and "data.<split>.grades" in msg
+    with pytest.raises(ValueError, match=r"evaluation\.grades .* model\.grades"):
+        evaluate(fake_dataset(with_grades=False), bad, grades=GRADES)
+
+
+@pytest.mark.skipif(_Real is None, reason="needs the real SeverityResult")
+def test_severity_mae_takes_the_models_weights_from_the_results():
+    ds = fake_dataset()
+    # GT grade indices blemish 3 (a), dash_col 1 (a), blemish 4 (b); predictions 3, 2, 2 as above
+    a, b, c = ds.records
+    compat = {"blemish": [0.0, 0.2, 0.4, 0.6, 0.8], "dash_col": [0.0, 0.2, 0.4, 0.6, 0.8]}  # 0.2 k
+    res = [result_for(a, [3, 2], "NG", "NG"), result_for(b, [2, None], "OK", "NG"), result_for(c, [], "NG", "OK")]
+    for r in res:
+        r.score_weights = compat
+    _, m = evaluate(ds, res)
+    # |.6-.6|, |.4-.2|, |.4-.8| with the model's 0.2 k (not linspace's (0 + .25 + .5) / 3)
+    assert m["severity_mae"] == pytest.approx((0 + 0.2 + 0.4) / 3)
+    assert m["severity_mae_gt"] == pytest.approx((0 + 0.2 + 0.4) / 3)
+    # the evaluator's score_weights stays an explicit override, per type or for all
+    _, m2 = evaluate(ds, res, score_weights={"blemish": [0, 0.25, 0.5, 0.75, 1.0]})
+    assert m2["severity_mae"] == pytest.approx((0 + 0.2 + 0.5) / 3)     # dash_col keeps the model's
+    # results of one model must agree
+    res[1].score_weights = {"blemish": [0.0, 0.25, 0.5, 0.75, 1.0]}
+    with pytest.raises(ValueError, match="different score_weights for 'blemish'"):
+        evaluate(ds, res)
+

@@ -503,3 +503,22 @@ def test_r50_config_has_the_note_settings():
     assert det.roi_head.sampler.batch_size_per_image == 64
     assert (det.nms_iou, det.score_thr, det.max_per_img) == (0.6, 0.0, 100)
     assert model.crops["dash_col"].out_size == (1080, 18) and model.crops["dash_col"].gray
+
+
+def test_results_carry_the_models_weights_and_a_grade_range_error_names_the_keys():
+    """predict() puts each head type's weights (here compat 0.2 k) into SeverityResult.score_weights
+    (what SeverityEvaluator's severity_mae uses); a batch grade beyond model.grades names both keys."""
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg(compat_weights_0_2k=True))
+    model.eval()
+    batch = _synthetic_batch()
+    rs = model.predict(batch)
+    for r in rs:
+        assert set(r.score_weights) == {"dash_col", "blemish"}
+        for w in r.score_weights.values():
+            assert w == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+        assert r.grade_names == GRADES
+    batch["grades"][0] = torch.tensor([5, 0, -1])             # index 5 of 5 grades
+    model.train()
+    with pytest.raises(ValueError, match=r"grade index 5 .* model\.grades .* data\.<split>\.grades"):
+        model(batch)

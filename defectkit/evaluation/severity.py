@@ -294,10 +294,17 @@ class SeverityEvaluator(BaseEvaluator):
     Args:
         classes: defect type names (runtime default: the dataset's ``classes``).
         grades: grade names, lightest first (default: the dataset's ``grade_names``, else
-            ``"0".."G-1"`` from the probability length).
-        score_weights: the severity weights w_k used to map a GT grade to a score, as the
-            model's ``score_weights``: None (``linspace(0, 1, N)``), one list for every type,
-            or ``{type name: list | None}``. Must equal the model's for ``severity_mae``.
+            the results' ``grade_names``, else ``"0".."G-1"`` from the probability length).
+            The dataset's ``grade_names`` (``data.<split>.grades``), this list and the
+            results' ``grade_names`` (``model.grades``) must be equal: a mismatch raises one
+            ValueError at the first batch naming both lists and the config keys (grade
+            indices would otherwise be compared across different scales).
+        score_weights: an OVERRIDE of the severity weights w_k that map a GT grade to a score
+            (``severity_mae``): None (the default) takes each type's weights from the results
+            (``SeverityResult.score_weights``: the model's ``score_weights``, default
+            ``linspace(0, 1, G)``, compat ``0.2 k``), so the metric uses exactly the model's
+            formula; one list for every type, or ``{type name: list | None}`` (None: the
+            result's) replaces them. ``linspace(0, 1, G)`` only when neither is known.
         iou_thr: IoU for matching detections to GT boxes (same type, greedy by score).
         match_score_thr: detections with a lower score take no part in the grade matching
             (mAP always uses every detection).
@@ -345,6 +352,28 @@ class SeverityEvaluator(BaseEvaluator):
         super().reset()
         self.det.reset()
 
+    def check_grade_names(self, result_names: Sequence[str] | None) -> None:
+        """Raise one ValueError when the results' grade names (``model.grades``) differ from
+        the dataset's ``grade_names`` (``data.<split>.grades``, or the natural sort of the
+        values found) or from this evaluator's ``grades`` option."""
+        if result_names is None:
+            return
+        res = [str(g) for g in result_names]
+        ds = getattr(self.dataset, "grade_names", None)
+        if ds:
+            ds = [str(g) for g in ds]
+            if ds != res:
+                raise ValueError(
+                    f"SeverityEvaluator: the dataset's grade names {ds} (data.<split>.grades, or the "
+                    f"natural sort of the grades found when that key is unset) differ from the model's "
+                    f"{res} (model.grades); GT grade indices and predicted grade indices would refer to "
+                    f"different grades. Set model.grades and data.<split>.grades (train, val and test) "
+                    f"to the same list, lightest first")
+        if self.grades is not None and self.grades != res:
+            raise ValueError(
+                f"SeverityEvaluator: evaluation.grades {self.grades} differ from the model's {res} "
+                f"(model.grades); drop evaluation.grades or set it to model.grades")
+
     # ------------------------------------------------------------------------ records
     def process(self, batch: dict, results: list) -> None:
         """One picklable record per image: the composed detector record (``det``), the
@@ -356,6 +385,9 @@ class SeverityEvaluator(BaseEvaluator):
         det_recs = self.det.records[n0:]
         labels, grades = batch.get("labels"), batch.get("grades")
         for i, r in enumerate(results):
+            names = getattr(r, "grade_names", None)
+            self.check_grade_names(names)
+            weights = getattr(r, "score_weights", None)
             meta = batch_meta(batch, i)
             gtp = getattr(r, "gt_grade_probs", None)
             probs = getattr(r, "grade_probs", None) or [None] * len(det_recs[i]["scores"])
@@ -370,6 +402,9 @@ class SeverityEvaluator(BaseEvaluator):
                 "verdict": getattr(r, "verdict", None),
                 "gt_verdict": getattr(r, "gt_verdict", None),
                 "timing_ms": {k: float(v) for k, v in (getattr(r, "timing_ms", None) or {}).items()},
+                "grade_names": None if names is None else [str(g) for g in names],
+                "score_weights": None if weights is None else
+                {str(t): [float(v) for v in _as_list(w)] for t, w in dict(weights).items()},
             })
 
     # ------------------------------------------------------------------------ helpers
@@ -382,17 +417,38 @@ class SeverityEvaluator(BaseEvaluator):
         names = getattr(self.dataset, "grade_names", None)
         if names:
             return [str(g) for g in names]
+        for r in self.records:
+            if r.get("grade_names"):
+                return list(r["grade_names"])
         widths = {len(p) for r in self.records for p in r["grade_probs"] if p is not None}
         widths |= {len(row) for r in self.records for row in (r["gt_grade_probs"] or [])}
         if len(widths) > 1:
             raise ValueError(f"SeverityEvaluator: grade probabilities of different lengths {sorted(widths)}")
         return [str(k) for k in range(widths.pop())] if widths else []
 
+    def _result_weights(self, type_name: str) -> list[float] | None:
+        """The type's weights as the results carry them (the model's); they must agree."""
+        found = None
+        for r in self.records:
+            w = (r.get("score_weights") or {}).get(type_name)
+            if w is None:
+                continue
+            if found is None:
+                found = w
+            elif not np.allclose(found, w):
+                raise ValueError(f"SeverityEvaluator: the results carry different score_weights for "
+                                 f"{type_name!r}: {found} and {w} (one model per evaluation)")
+        return found
+
     def weights_for(self, type_name: str, num_grades: int) -> np.ndarray:
-        """The severity weights of a type (``score_weights``), length-checked against N."""
+        """The severity weights of a type, length-checked against G: the ``score_weights``
+        override when set for the type, else the results' (the model's), else
+        ``linspace(0, 1, G)``."""
         w = self.score_weights
         if isinstance(w, dict):
             w = w.get(type_name)
+        if w is None:
+            w = self._result_weights(type_name)
         w = default_weights(num_grades) if w is None else np.asarray(w, dtype=np.float64).reshape(-1)
         if w.size != num_grades:
             raise ValueError(f"SeverityEvaluator: score_weights for {type_name!r} has {w.size} values "
@@ -474,8 +530,8 @@ class SeverityEvaluator(BaseEvaluator):
         for key, suffix in (("det", ""), ("gt", "_gt")):
             tl, y, probs = rows[key]
             p = np.asarray(probs, dtype=np.float64).reshape(len(probs), n)
-            w = (np.stack([self.weights_for(types[t] if 0 <= t < len(types) else str(t), n) for t in tl])
-                 if tl else np.zeros((0, n)))
+            per = {t: self.weights_for(types[t] if 0 <= t < len(types) else str(t), n) for t in set(tl)}
+            w = np.stack([per[t] for t in tl]) if tl else np.zeros((0, n))
             m.update(grade_metrics(p, y, n, w, suffix, self.temperature_scaling))
             for t in sorted(set(tl)):
                 sel = [k for k, v in enumerate(tl) if v == t]

@@ -46,6 +46,10 @@ class SeverityResult(DetectionResult):
     timing_ms: {"detector", "severity"} ms for this image (the batch's time / batch size).
     image_size: (H, W) original px. type_names / grade_names: the names of labels / grades.
     image_path: the input file (from the batch's meta), for the VOC file's filename.
+    score_weights: {type name: [w_0..w_{G-1}]} the weights each head type's severity was
+        computed with (``model.severity_heads.<type>.score_weights``, default
+        ``linspace(0, 1, G)``, compat ``0.2 k``), so an evaluator maps GT grades through
+        exactly the model's weights; None when unknown.
     """
     severity: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     grade_probs: list = field(default_factory=list)
@@ -61,6 +65,7 @@ class SeverityResult(DetectionResult):
     type_names: list | None = None
     grade_names: list | None = None
     image_path: str | None = None
+    score_weights: dict | None = None
 
     gt_key: ClassVar[tuple] = ("boxes", "labels")
 

@@ -240,8 +240,11 @@ class SeverityDetector(BaseModel):
                 if g.shape[0] != b.shape[0]:
                     raise ValueError(f"SeverityDetector: image {i} has {b.shape[0]} boxes but {g.shape[0]} grades")
                 if g.numel() and int(g.max()) >= len(self.grades):
-                    raise ValueError(f"SeverityDetector: grade index {int(g.max())} outside 0..{len(self.grades) - 1} "
-                                     f"(model.grades = {self.grades}; the dataset's grade_names must match)")
+                    raise ValueError(
+                        f"SeverityDetector: the batch has grade index {int(g.max())} but model.grades has "
+                        f"{len(self.grades)} grades {self.grades} (indices 0..{len(self.grades) - 1}): the "
+                        f"dataset's grade_names differ from model.grades; set data.<split>.grades (train, "
+                        f"val and test) to the same list as model.grades, lightest first")
         assert len(boxes) == n
         return boxes, labels, grades
 
@@ -408,7 +411,8 @@ class SeverityDetector(BaseModel):
                 gt_grade_probs=gt_probs[i], gt_verdict=gt_verdicts[i],
                 timing_ms={"detector": (t1 - t0) * 1000 / n, "severity": (t2 - t1) * 1000 / n},
                 image_size=tuple(int(v) for v in orig_size), type_names=list(self.classes),
-                grade_names=list(self.grades), image_path=meta.get("path")))
+                grade_names=list(self.grades), image_path=meta.get("path"),
+                score_weights={t: [float(v) for v in w] for t, w in self.score_weights.items()}))
         return results
 
     def _predict_gt(self, batch: dict, scales) -> tuple[list, list]:
