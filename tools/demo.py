@@ -2,6 +2,7 @@
 
     python tools/demo.py            # reuses data and finished runs when present
     python tools/demo.py --fresh    # regenerate data and retrain everything
+    python tools/demo.py --only Defect-Gen   # only that family's rows (and the configs they train first)
 
 Each step runs the same command a user would type (printed before it runs), so the
 demo doubles as a walk-through of the tools. Rows listed together in SIDE_BY_SIDE train
@@ -42,12 +43,10 @@ _DET = [("mAP", "mAP"), ("AP50", "AP50"), ("f1_macro", "image F1"), ("att_ms", "
 _SEG = [("mIoU", "mIoU"), ("defect_IoU", "defect IoU"), ("znet_defect_IoU", "znet_repo IoU")]
 ONE_MODEL = "configs/defectnet/one_model_faster_demo_synth.yaml"
 DEFECTGEN = "configs/defectgen/defectgen_two_stage_demo_synth.yaml"
-DEFECTGEN_LARGE = "configs/defectgen/defectgen_large_only_demo_synth.yaml"
 # configs trained (not tested or shown) before the row that loads their checkpoints
 TRAIN_FIRST = {DEFECTGEN: ["configs/defectgen/adm_large_demo_synth.yaml",
                            "configs/defectgen/sindiffusion_small_demo_synth.yaml",
-                           "configs/defectgen/seg_unet_gen_synth.yaml"]}
-TRAIN_FIRST[DEFECTGEN_LARGE] = TRAIN_FIRST[DEFECTGEN]      # the same parts, sampled by the large model alone
+                           "configs/defectgen/seg_unet_judge_demo_synth.yaml"]}
 DEFECTNET = "configs/defectnet/defectnet_const_faster_demo_synth.yaml"
 RUNS = [
     ("classifier", "configs/classifier/smallcnn_tiny_synth.yaml", _CLS,
@@ -70,22 +69,42 @@ RUNS = [
      "the segmentation baseline next to ZNet (defect IoU {defect_IoU:.2f})"),
     ("Defect-Gen", DEFECTGEN,
      [("alignment_defect_iou_pooled", "align IoU"), ("msssim_diversity", "MS-SSIM"), ("copy_share", "copies")],
-     "two tiny denoisers trained 400 iterations generate image + mask pairs (grid: "
+     "two tiny denoisers trained 200 / 150 iterations generate image + mask pairs, the large model "
+     "for t >= 200 and the small one (trained on t < 200 only) below (grid: "
      "work_dirs/defectgen_two_stage_demo_synth/test/generated_grid.png); a segmenter trained on real data "
      "matches their masks with pooled IoU {alignment_defect_iou_pooled:.2f}; {copy_share:.0%} are copies "
      "of the 7 training images"),
-    ("Defect-Gen", DEFECTGEN_LARGE,
-     [("alignment_defect_iou_pooled", "align IoU"), ("msssim_diversity", "MS-SSIM"), ("copy_share", "copies")],
-     "the same denoisers, large model alone: its defects and masks agree (pooled IoU "
-     "{alignment_defect_iou_pooled:.2f}); two-stage's small-model steps wash them out after this short training"),
 ]
 ATT_PAIR = (ONE_MODEL, DEFECTNET)   # timed interleaved in one process; the first is the reference
 # rows that train (and test) side by side, one thread each: on 2 cores two single-thread runs
 # finish in about the time one two-thread run takes (docs/training.md); benchmarks stay serial
+# Defect-Gen's parts (two denoisers, the judge segmenter) train in the PaDiM / ZNet / UNet set:
+# six single-thread runs keep both cores busy until the last one ends
 SIDE_BY_SIDE = [(ONE_MODEL, DEFECTNET),
                 ("configs/padim/padim_tiny_synth.yaml", "configs/znet/znet_tiny_ballscrew.yaml",
-                 "configs/znet/unet_demo_ballscrew.yaml"),
-                tuple(TRAIN_FIRST[DEFECTGEN])]
+                 "configs/znet/unet_demo_ballscrew.yaml", *TRAIN_FIRST[DEFECTGEN])]
+
+
+def select_rows(runs: list, only: list[str] | None) -> list:
+    """The rows of ``runs`` whose family is in ``only`` (case-insensitive; all when None);
+    ``SystemExit`` naming the known families when one matches no row."""
+    if not only:
+        return list(runs)
+    known = list(dict.fromkeys(family for family, *_ in runs))
+    wanted = {name.lower() for name in only}
+    unknown = sorted(wanted - {f.lower() for f in known})
+    if unknown:
+        sys.exit(f"demo: --only {' '.join(unknown)}: no such family (the rows are: {', '.join(known)})")
+    return [row for row in runs if row[0].lower() in wanted]
+
+
+def uses_data(runs: list, out: str) -> bool:
+    """Whether a row of ``runs`` (or a config it trains first) reads the dataset folder ``out``
+    (its path appears in the resolved config)."""
+    from defectkit.config import load_config
+
+    configs = [c for _, config, _, _ in runs for c in (*TRAIN_FIRST.get(config, []), config)]
+    return any(out in json.dumps(load_config(ROOT / c), default=str) for c in configs)
 
 
 def run(cmd: list[str]) -> None:
@@ -181,6 +200,26 @@ def current_hash(config: str) -> str:
     return config_hash(load_config(ROOT / config))
 
 
+def trained_with(checkpoint: Path, config: str) -> bool:
+    """Whether ``checkpoint`` stores the training settings of ``config`` (what the weights
+    depend on: tools/compare.py's ``training_part``)."""
+    from compare import checkpoint_config, config_hash, training_part
+    from defectkit.config import load_config
+
+    stored = checkpoint_config(checkpoint)
+    return stored is not None and config_hash(training_part(stored)) == config_hash(
+        training_part(load_config(ROOT / config)))
+
+
+def move_stale(work_dir: Path) -> None:
+    """Move a run made with other settings to ``<stem>.stale`` (replacing an older one)."""
+    stale = work_dir.with_name(work_dir.name + ".stale")
+    shutil.rmtree(stale, ignore_errors=True)
+    work_dir.rename(stale)
+    print(f"[demo] {work_dir.relative_to(ROOT)} was made with other settings: redoing it "
+          f"(the old run is now {stale.relative_to(ROOT)})")
+
+
 def describe(says: str, metrics: dict) -> str:
     """The row's "shows" sentence with its numbers; without them (a metric missing) the
     words before the first parenthesis."""
@@ -201,11 +240,11 @@ def plan(config: str, fresh: bool, train: bool = True, test: bool = True):
     stamp = current_hash(config)
     done = finished(work_dir, trains=train, tests=test)
     if done and not fresh and json.loads(timing.read_text()).get("config_hash") != stamp:
-        stale = work_dir.with_name(stem + ".stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        work_dir.rename(stale)
-        print(f"[demo] {work_dir.relative_to(ROOT)} was made with other settings: redoing it "
-              f"(the old run is now {stale.relative_to(ROOT)})")
+        move_stale(work_dir)
+        done = False
+    elif not fresh and train and (work_dir / "latest.pth").is_file() \
+            and not trained_with(work_dir / "latest.pth", config):
+        move_stale(work_dir)     # weights of other settings: --resume would continue (or keep) them
         done = False
     if done and not fresh:
         print(f"[demo] reusing the finished run in {work_dir.relative_to(ROOT)} (--fresh redoes it)")
@@ -222,16 +261,23 @@ def plan(config: str, fresh: bool, train: bool = True, test: bool = True):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fresh", action="store_true", help="regenerate data and retrain")
+    p.add_argument("--only", nargs="+", metavar="FAMILY",
+                   help="run only the rows of these families (case-insensitive, e.g. Defect-Gen PaDiM), "
+                        "with the configs they train first; the interleaved detector ATT runs only when "
+                        "both detector rows are selected")
     args = p.parse_args(argv)
+    runs = select_rows(RUNS, args.only)
     t_start = time.perf_counter()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
     for out, synth_args in DATASETS.items():
+        if args.only and not uses_data(runs, out):
+            continue
         make_data(out, synth_args, args.fresh)
 
     todo = []   # (config, work_dir, stamp, commands) of the runs to (re)make
     planned: set[str] = set()
-    for family, config, shown, says in RUNS:
+    for family, config, shown, says in runs:
         retrained = False   # a part retrained: the row that samples from it is redone too
         for first in TRAIN_FIRST.get(config, []):
             if first in planned:
@@ -256,7 +302,7 @@ def main(argv=None) -> int:
             run_side_by_side(group)
 
     rows = []
-    for family, config, shown, says in RUNS:
+    for family, config, shown, says in runs:
         stem = Path(config).stem
         work_dir = ROOT / "work_dirs" / stem
         train_s = json.loads((work_dir / "demo_time.json").read_text())["train_test_s"]
@@ -269,14 +315,15 @@ def main(argv=None) -> int:
     # ATT of the compared detectors from ONE process, calls interleaved image by image, so that
     # a busy CPU slows both alike (their sequential tools/test.py ATTs can differ 2x under load)
     att_json = ROOT / "work_dirs" / "demo_detector_att.json"
-    run([PY, "benchmarks/detector_att_interleaved.py",
-         *[a for c in ATT_PAIR for a in (c, ROOT / "work_dirs" / Path(c).stem / "latest.pth")],
-         "--out", att_json])
-    for name, att in json.loads(att_json.read_text())["models"].items():
-        for _, stem, _, _, metrics, _, _ in rows:
-            if stem == name:
-                metrics.update({k: att[k] for k in ("att_ms", "att_normal_ms", "att_defective_ms", "ratio")})
-                metrics["gated"] = 1.0 - att["pass_rate"] if att.get("pass_rate") is not None else None
+    if all(any(config == c for _, config, _, _ in runs) for c in ATT_PAIR):
+        run([PY, "benchmarks/detector_att_interleaved.py",
+             *[a for c in ATT_PAIR for a in (c, ROOT / "work_dirs" / Path(c).stem / "latest.pth")],
+             "--out", att_json])
+        for name, att in json.loads(att_json.read_text())["models"].items():
+            for _, stem, _, _, metrics, _, _ in rows:
+                if stem == name:
+                    metrics.update({k: att[k] for k in ("att_ms", "att_normal_ms", "att_defective_ms", "ratio")})
+                    metrics["gated"] = 1.0 - att["pass_rate"] if att.get("pass_rate") is not None else None
 
     print("\n## defectkit demo results (CPU, synthetic data)\n")
     print("Detectors: small Faster R-CNN, backbone from the classifier row; their ATT columns were "
