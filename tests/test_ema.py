@@ -60,6 +60,32 @@ def test_model_ema_closed_form():
     assert ema.state["num_batches_tracked"].item() == m.num_batches_tracked.item()
 
 
+@pytest.mark.parametrize("warmup, decays", [
+    (None, [0.99, 0.99, 0.99]),
+    ("linear", [2 / 11, 3 / 12, 4 / 13]),                        # (1 + s) / (10 + s)
+    ("power", [1 - 2 ** (-2 / 3), 1 - 3 ** (-2 / 3), 1 - 4 ** (-2 / 3)]),
+])
+def test_model_ema_warmup_decays(warmup, decays):
+    """diffusers EMAModel.get_decay: the decay of the s-th update is min(decay, d_s); a
+    warm-up keeps a short run's average off the random initial weights."""
+    from defectkit.engine.ema import ModelEMA
+
+    m = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.0)
+    ema = ModelEMA(m, decay=0.99, warmup=warmup)
+    expected = 0.0
+    for s, d in enumerate(decays, start=1):
+        with torch.no_grad():
+            m.weight.fill_(float(s))
+        ema.update(m)
+        expected = d * expected + (1 - d) * s
+        assert ema.decay_at(s) == pytest.approx(d)
+    assert ema.state["weight"].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="warmup"):
+        ModelEMA(m, warmup="cosine")
+
+
 def _ema_run(cfg, work_dir, **kw):
     from test_trainer import _run
 
@@ -137,6 +163,8 @@ def test_ema_config_errors(tmp_path):
         Trainer(toy_config(train={"ema": {"decay": 1.5}}), work_dir=tmp_path / "a")
     with pytest.raises(ConfigError, match="train.ema.decy: unknown key; did you mean 'decay'"):
         Trainer(toy_config(train={"ema": {"decy": 0.9}}), work_dir=tmp_path / "b")
+    with pytest.raises(ConfigError, match="train.ema: warmup: must be null, 'linear' or 'power'"):
+        Trainer(toy_config(train={"ema": {"warmup": "cos"}}), work_dir=tmp_path / "c")
 
 
 class _RecordWeights(HookBase):

@@ -33,10 +33,13 @@ class EMASettings:
     update_after_step: int = 0      # optimizer steps before averaging starts (a copy until then)
     update_every: int = 1           # average every this many optimizer steps
     use_for_eval: bool = True       # evaluate during training with the EMA weights
+    warmup: str | None = None       # null | linear | power: decay ramps up (engine/ema.py)
 
     def __post_init__(self):
         if not 0.0 <= self.decay <= 1.0:
             raise ValueError(f"decay: must be in [0, 1], got {self.decay!r}")
+        if self.warmup not in (None, "linear", "power"):
+            raise ValueError(f"warmup: must be null, 'linear' or 'power', got {self.warmup!r}")
         if self.update_after_step < 0 or self.update_every < 1:
             raise ValueError(f"update_after_step must be >= 0 and update_every >= 1, got "
                              f"{self.update_after_step!r} and {self.update_every!r}")

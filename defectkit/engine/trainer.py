@@ -263,7 +263,7 @@ class Trainer:
             hooks.append(LRScheduleHook())
             if t.ema is not None:
                 hooks.append(EMAHook(t.ema.decay, t.ema.update_after_step, t.ema.update_every,
-                                     t.ema.use_for_eval))
+                                     t.ema.use_for_eval, t.ema.warmup))
             hooks.append(LoggerHook())
             if self.evaluator is not None:
                 hooks.append(EvalHook())

@@ -11,8 +11,9 @@ from .base import HookBase
 
 class EMAHook(HookBase):
     def __init__(self, decay: float = 0.9999, update_after_step: int = 0, update_every: int = 1,
-                 use_for_eval: bool = True):
-        self.options = dict(decay=decay, update_after_step=update_after_step, update_every=update_every)
+                 use_for_eval: bool = True, warmup: str | None = None):
+        self.options = dict(decay=decay, update_after_step=update_after_step, update_every=update_every,
+                            warmup=warmup)
         self.use_for_eval = bool(use_for_eval)
         self._ema: ModelEMA | None = None
         self._raw: dict | None = None
