@@ -338,9 +338,9 @@ def audit_detail(rec: dict) -> str:
     line = f"round {rec['round']} audit per class: {part(au['per_class'])}; per size: {part(au['per_size'])}"
     ia = au.get("in_accepted")          # absent from records of older runs
     if ia and ia["gt"]:
-        line += (f"; accepted images: {ia['missed']} of their {ia['gt']} GT boxes without a pseudo-label (trained as "
-                 "background next round): " + ", ".join(f"{k} {v['missed']}/{v['gt']}"
-                                                         for k, v in ia["per_class"].items() if v["gt"]))
+        line += (f"; accepted images: {ia['missed']} of their {ia['gt']} GT boxes without a pseudo-label "
+                 "(background when trained on): "
+                 + ", ".join(f"{k} {v['missed']}/{v['gt']}" for k, v in ia["per_class"].items() if v["gt"]))
     return line
 
 
