@@ -522,3 +522,18 @@ def test_results_carry_the_models_weights_and_a_grade_range_error_names_the_keys
     model.train()
     with pytest.raises(ValueError, match=r"grade index 5 .* model\.grades .* data\.<split>\.grades"):
         model(batch)
+
+
+def test_merge_column_fragments_hand_values():
+    """Fragments of one column line (centres within half the strip width) -> the top-scored
+    box, extended over fragments scoring >= the report threshold; other columns/types kept."""
+    from defectkit.models.severity.severity import merge_column_fragments
+    b = torch.tensor([[10, 0, 18, 100], [11, 90, 19, 200], [12, 150, 20, 280], [60, 0, 68, 50], [13, 0, 20, 50.]])
+    s = torch.tensor([0.9, 0.8, 0.3, 0.7, 0.6])
+    lab = torch.tensor([0, 0, 0, 0, 1])
+    ob, os_, ol = merge_column_fragments(b, s, lab, label=0, max_dx=9.0, extend_thr=0.5)
+    # centres 14, 15, 16 -> one column: 0..200 (the 0.3 fragment is dropped, not merged); 64 stays
+    assert ob.tolist() == [[10, 0, 18, 200], [60, 0, 68, 50], [13, 0, 20, 50]]
+    assert os_.tolist() == pytest.approx([0.9, 0.7, 0.6]) and ol.tolist() == [0, 0, 1]
+    one = merge_column_fragments(b[:1], s[:1], lab[:1], 0, 9.0, 0.5)
+    assert one[0].tolist() == b[:1].tolist()

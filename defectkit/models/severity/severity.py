@@ -97,6 +97,38 @@ def head_in_channels(module: nn.Module) -> int:
     return int(getattr(module, "in_channels", 3))
 
 
+def merge_column_fragments(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, label: int,
+                           max_dx: float, extend_thr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Column-line fragments -> one detection per column (greedy, by descending score).
+
+    boxes (N, 4) XYXY px, scores (N,), labels (N,). Among the detections of ``label``, one
+    whose box centre x is within ``max_dx`` px (half the column strip width) of an already
+    kept detection's centre is dropped; when its score >= ``extend_thr`` the kept box's
+    ``y1``/``y2`` grow to cover it (x stays the kept box's). Other labels pass unchanged.
+    Returns the kept (boxes, scores, labels), order by descending score within ``label``
+    and unchanged otherwise (the merged ones placed where the first of them was)."""
+    idx = torch.where(labels == label)[0]
+    if idx.numel() < 2:
+        return boxes, scores, labels
+    order = idx[torch.argsort(scores[idx], descending=True, stable=True)]
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    boxes = boxes.clone()
+    kept: list[int] = []
+    drop = torch.zeros(len(boxes), dtype=torch.bool)
+    for j in order.tolist():
+        near = [k for k in kept if abs(float(cx[j] - cx[k])) <= max_dx]
+        if not near:
+            kept.append(j)
+            continue
+        drop[j] = True
+        if float(scores[j]) >= extend_thr:
+            k = near[0]                 # the highest-scored column it belongs to
+            boxes[k, 1] = torch.minimum(boxes[k, 1], boxes[j, 1])
+            boxes[k, 3] = torch.maximum(boxes[k, 3], boxes[j, 3])
+    keep = ~drop
+    return boxes[keep], scores[keep], labels[keep]
+
+
 @MODELS.register()
 class SeverityDetector(BaseModel):
     """Args (module docstring for the config shape):
@@ -112,6 +144,15 @@ class SeverityDetector(BaseModel):
         report_score_thr: detections with a score >= this are graded, reported and judged.
         compat_weights_0_2k: default weights 0.2 k (the original's code) instead of linspace(0, 1, G).
         verdict: ``{rules: [...]}`` (``scoring.VerdictRules``); null: any reported defect -> NG.
+        merge_column_fragments: for a head type with ``crop: {kind: column_strip}``, detections
+            whose box centre x lies within half the strip width of a higher-scored detection
+            of the same type are fragments of the same column line (the original reports a
+            column line as its full-height strip): they are dropped, and the kept box's
+            vertical extent grows to cover the dropped fragments that score
+            >= ``report_score_thr``. Without it a line detected as 2-4 overlapping segments
+            (box NMS keeps segments whose IoU < ``nms_iou``) counts as 2-4 defects (the
+            ``count_at_least`` rules) and as false positives. Default false (the plain
+            detector output); see :func:`merge_column_fragments`.
     """
 
     model_parts = {"detector": True}
@@ -119,7 +160,8 @@ class SeverityDetector(BaseModel):
     def __init__(self, detector: nn.Module, grades: Sequence[str], severity_heads: dict | None = None,
                  classes: list[str] | None = None, num_classes: int | None = None,
                  ignore_types: Sequence[str] = (), report_score_thr: float = 0.5,
-                 compat_weights_0_2k: bool = False, verdict: dict | list | None = None):
+                 compat_weights_0_2k: bool = False, verdict: dict | list | None = None,
+                 merge_column_fragments: bool = False):
         super().__init__()
         if not isinstance(grades, (list, tuple)) or len(grades) < 2:
             raise ValueError(f"model.grades: a list of at least 2 grade names (lightest first), got {grades!r}")
@@ -173,6 +215,7 @@ class SeverityDetector(BaseModel):
             self.score_weights[t] = resolve_weights(hcfg.get("score_weights"), self.grades, t,
                                                     compat=bool(compat_weights_0_2k))
         self.compat_weights_0_2k = bool(compat_weights_0_2k)
+        self.merge_column_fragments = bool(merge_column_fragments)
         self.verdict_rules = VerdictRules.parse(verdict, self.classes)
         self._last_acc: dict[str, float] = {t: 0.0 for t in self.heads}
 
@@ -341,6 +384,12 @@ class SeverityDetector(BaseModel):
             keep = torch.tensor([int(l) not in ignored for l in d.labels], dtype=torch.bool) \
                 if len(d.labels) else torch.zeros(0, dtype=torch.bool)
             boxes, scores, labels = d.boxes[keep].float(), d.scores[keep].float(), d.labels[keep].long()
+            if self.merge_column_fragments:
+                for t, spec in self.crops.items():
+                    if spec.kind == "column_strip":
+                        boxes, scores, labels = merge_column_fragments(
+                            boxes, scores, labels, self.classes.index(t), spec.width / 2.0,
+                            self.report_score_thr)
             reported = scores >= self.report_score_thr
             severity = torch.full((len(scores),), math.nan)
             no_head = torch.tensor([self.classes[int(l)] not in self.heads for l in labels], dtype=torch.bool) \
