@@ -537,3 +537,18 @@ def test_merge_column_fragments_hand_values():
     assert os_.tolist() == pytest.approx([0.9, 0.7, 0.6]) and ol.tolist() == [0, 0, 1]
     one = merge_column_fragments(b[:1], s[:1], lab[:1], 0, 9.0, 0.5)
     assert one[0].tolist() == b[:1].tolist()
+
+
+def test_voc_boxes_are_whole_pixels(tmp_path):
+    """LabelImg (and the original's xml_to_csv) parse bndbox with int(): whole pixels."""
+    from defectkit.data.formats.voc import read_voc_file
+    r = SeverityResult(boxes=torch.tensor([[218.68, 66.98, 270.89, 124.66], [5.2, 5.1, 5.4, 9.0]]),
+                       scores=torch.tensor([0.7, 0.9]), labels=torch.tensor([1, 2]),
+                       severity=torch.tensor([0.5, 0.9]), grade_probs=[None, None],
+                       crop_boxes=torch.zeros(2, 4), reported=torch.tensor([True, True]),
+                       image_size=(288, 512), type_names=TYPES, grade_names=GRADES, image_path="/d/a.jpg")
+    (xml,) = r.write_files(tmp_path, "a")
+    text = open(xml).read()
+    assert "<xmin>219</xmin>" in text and "<ymax>125</ymax>" in text and "." not in text.split("<bndbox>")[1].split("</bndbox>")[0]
+    back = read_voc_file(xml)
+    assert [o["box"] for o in back["objects"]] == [[219.0, 67.0, 271.0, 125.0]]   # the sub-pixel box is left out

@@ -104,12 +104,14 @@ class SeverityResult(DetectionResult):
     def write_files(self, out_dir, stem: str) -> list[str]:
         """``<stem>.xml``: Pascal VOC (LabelImg order, ``data.formats.voc.write_voc``) of the
         reported defects in original px, with ``<severity>`` = the most probable grade name
-        (graded defects) and ``<severity_score>`` / ``<score>``."""
+        (graded defects) and ``<severity_score>`` / ``<score>``. Box numbers are rounded to
+        whole pixels, as LabelImg writes them (its readers, and the original's
+        ``xml_to_csv.py``, parse them with ``int``); the CSV/JSON keep 2 decimals."""
         from ...data.formats.voc import write_voc
 
         objects = []
         for i in self.reported_indices():
-            box = [float(v) for v in self.boxes[i]]
+            box = [float(round(float(v))) for v in self.boxes[i]]
             if not (box[2] > box[0] and box[3] > box[1]):
                 continue
             obj: dict[str, Any] = {"name": self._type(int(self.labels[i])), "box": box,
@@ -125,7 +127,7 @@ class SeverityResult(DetectionResult):
         filename = Path(self.image_path).name if self.image_path else f"{stem}.png"
         path = write_voc(Path(out_dir) / f"{stem}.xml", filename, (int(h), int(w), 3), objects,
                          folder=Path(self.image_path).parent.name if self.image_path else "",
-                         img_path=self.image_path, database="defectkit")
+                         img_path=self.image_path, database="defectkit", decimals=None)
         return [str(path)]
 
     def table_rows(self, path: str, class_names: Sequence[str] | None = None,
