@@ -552,3 +552,11 @@ def test_voc_boxes_are_whole_pixels(tmp_path):
     assert "<xmin>219</xmin>" in text and "<ymax>125</ymax>" in text and "." not in text.split("<bndbox>")[1].split("</bndbox>")[0]
     back = read_voc_file(xml)
     assert [o["box"] for o in back["objects"]] == [[219.0, 67.0, 271.0, 125.0]]   # the sub-pixel box is left out
+
+
+def test_labels_of_neighbouring_columns_do_not_overlap():
+    from defectkit.models.severity.result import _free_row
+    placed = [(100.0, 10.0, 220.0, 26.0)]                       # a label 120 x 16 at y 10
+    assert _free_row(placed, 140.0, 10.0, 120.0, 16.0, 288) == 27.0   # moved one row (h + 1) down
+    assert _free_row(placed, 230.0, 10.0, 120.0, 16.0, 288) == 10.0   # no overlap: kept
+    assert _free_row(placed, 140.0, 270.0, 120.0, 16.0, 288) == 270.0

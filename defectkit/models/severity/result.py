@@ -180,6 +180,23 @@ def type_color(label: int, num_types: int) -> tuple[int, int, int]:
     return palette(max(num_types, label + 1))[label]
 
 
+def _free_row(placed: Sequence[tuple[float, float, float, float]], x0: float, y0: float, w: float, h: float,
+              height: int) -> float:
+    """The y nearest ``y0`` (trying downwards first, then upwards, in steps of ``h + 1``)
+    where the rectangle (x0, y, x0 + w, y + h) overlaps none of ``placed`` and stays inside
+    ``height``; ``y0`` itself when no such row exists."""
+    def free(y: float) -> bool:
+        return all(x0 + w <= a or x0 >= c or y + h <= b or y >= d for a, b, c, d in placed)
+    if free(y0):
+        return y0
+    step = h + 1
+    for k in range(1, int(height // step) + 1):
+        for y in (y0 + k * step, y0 - k * step):
+            if 0 <= y and y + h <= height and free(y):
+                return y
+    return y0
+
+
 def draw_severity(image: Any, result: SeverityResult, class_names: Sequence[str] | None = None,
                   gt: Any = None) -> Image.Image:
     """The reported defects in a per-type colour with ``type · score · severity`` labels
@@ -192,6 +209,7 @@ def draw_severity(image: Any, result: SeverityResult, class_names: Sequence[str]
     font = _font(12 * k)
     names = list(class_names) if class_names is not None else result.type_names
     n_types = len(names) if names else int(result.labels.max()) + 1 if len(result) else 1
+    placed: list[tuple[float, float, float, float]] = []      # label rectangles drawn so far
     if isinstance(gt, dict) and gt.get("boxes") is not None:
         for b in torch.as_tensor(gt["boxes"]).reshape(-1, 4).tolist():
             draw.rectangle(b, outline=OK_COLOR, width=k)
@@ -211,6 +229,10 @@ def draw_severity(image: Any, result: SeverityResult, class_names: Sequence[str]
         x0 = min(max(box[0], 0), max(img.width - tw - 4, 0))
         ty = box[1] - th - 4 if box[1] - th - 4 >= 0 else box[3] + 1
         ty = min(ty, max(img.height - th - 4, 0))
+        # neighbouring column lines put their labels on one row: move a label down (then up)
+        # until it overlaps no label drawn before, so none hides another
+        ty = _free_row(placed, x0, ty, tw + 4, th + 4, img.height)
+        placed.append((x0, ty, x0 + tw + 4, ty + th + 4))
         draw.rectangle([x0, ty, x0 + tw + 4, ty + th + 4], fill=(0, 0, 0), outline=c)
         draw.text((x0 + 2, ty + 1), text, fill=c, font=font)
     n = len(result.reported_indices())
