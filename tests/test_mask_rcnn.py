@@ -273,3 +273,25 @@ def test_the_tiny_config_builds_its_model_and_evaluator():
     assert cfg["data"]["train"]["with_instances"] and cfg["data"]["test"]["with_instances"]
     ev = EVALUATORS.build({**cfg["evaluation"], "classes": ["pitting"]})
     assert ev.table_columns == SegmentationEvaluator.table_columns and not math.isnan(ev.score_thr)
+    # sized to the pits: RPN positives from IoU 0.5, normal images kept as negatives
+    assert (model.rpn.proposal_matcher.high_threshold, model.rpn.proposal_matcher.low_threshold) == (0.5, 0.3)
+    assert model.normal_negatives
+
+
+def test_rpn_iou_defaults_to_mmdet_and_rejects_an_inverted_pair():
+    m = _tiny_model()
+    assert (m.rpn.proposal_matcher.high_threshold, m.rpn.proposal_matcher.low_threshold) == (0.7, 0.3)
+    with pytest.raises(ValueError, match="rpn_iou"):
+        _tiny_model(rpn_iou=[0.3, 0.5])
+
+
+def test_the_texture_labelme_configs_share_data_and_schedule():
+    from defectkit.config import load_config
+
+    cfgs = {n: load_config(f"configs/znet/{n}_tiny_texture_labelme.yaml", validate=False)
+            for n in ("znet", "unet", "maskrcnn")}
+    for key in ("ann_dir", "img_dir", "classes", "split_file", "unlabeled"):
+        assert len({str(c["data"][s][key]) for c in cfgs.values() for s in ("train",)}) == 1
+        assert len({str(c["data"]["test"][key]) for c in cfgs.values()}) == 1
+    assert len({(c["train"]["epochs"], c["data"]["batch_size"], c["optimizer"]["lr"]) for c in cfgs.values()}) == 1
+    assert cfgs["maskrcnn"]["data"]["train"]["with_instances"] and cfgs["maskrcnn"]["data"]["test"]["with_instances"]

@@ -110,6 +110,9 @@ class MaskRCNN(TwoStageDetector):
     meaning and defaults: R50-FPN as mmdetection) plus the mask branch:
 
     Args:
+        rpn_iou: (positive, negative) IoU of the RPN's anchor assignment, (0.7, 0.3) as
+            mmdetection; lower the positive one for objects a few pixels wide, which no
+            anchor of a stride-4 grid overlaps by 0.7 (the tiny ball-screw config: 0.5).
         mask_dim: channels of the four mask-head convs and of the deconv (256; smaller for
             tiny configs).
         mask_roi_size: RoIAlign output of the mask branch (14 -> 28x28 masks).
@@ -120,7 +123,8 @@ class MaskRCNN(TwoStageDetector):
                  norm_eval: bool = True, classes: list[str] | None = None, num_classes: int | None = None,
                  fpn_channels: int = 256, rpn_train_topn: int = 2000, rpn_test_topn: int = 1000,
                  rpn_nms_iou: float = 0.7, anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
-                 fc_dim: int = 1024, rois_per_img: int = 512, roi_pos_fraction: float = 0.25, roi_iou: float = 0.5,
+                 rpn_iou: tuple[float, float] = (0.7, 0.3), fc_dim: int = 1024, rois_per_img: int = 512,
+                 roi_pos_fraction: float = 0.25, roi_iou: float = 0.5,
                  mask_dim: int = 256, mask_roi_size: int = 14, mask_thr: float = 0.5,
                  score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100,
                  gate: GateConfig | dict | None = None, normal_negatives: bool = False):
@@ -129,7 +133,8 @@ class MaskRCNN(TwoStageDetector):
         if not 0.0 <= float(mask_thr) <= 1.0:
             raise ValueError(f"MaskRCNN: mask_thr must be in [0, 1], got {mask_thr!r}")
         bb, fpn, rpn = build_backbone_fpn_rpn(backbone, pretrained, frozen_stages, norm_eval, fpn_channels,
-                                              rpn_train_topn, rpn_test_topn, rpn_nms_iou, anchor_sizes)
+                                              rpn_train_topn, rpn_test_topn, rpn_nms_iou, anchor_sizes,
+                                              rpn_iou=tuple(rpn_iou))
         gate_head = build_gate_head(bb, gate)
         roi_head = MaskRoIHead(fpn_channels, len(classes), mask_dim=int(mask_dim),
                                mask_roi_size=int(mask_roi_size), iou=float(roi_iou),

@@ -185,21 +185,26 @@ def build_backbone_fpn_rpn(backbone: str = "resnet50", pretrained: str | None = 
                            norm_eval: bool = True, fpn_channels: int = 256, rpn_train_topn: int = 2000,
                            rpn_test_topn: int = 1000, rpn_nms_iou: float = 0.7,
                            anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
+                           rpn_iou: tuple[float, float] = (0.7, 0.3),
                            ) -> tuple[Backbone, FeaturePyramidNetwork, RegionProposalNetwork]:
     """(backbone C2..C5, FPN P2..P6 of ``fpn_channels``, RPN) as mmdetection v1's R50-FPN:
     anchors one size per level (``anchor_sizes``, 5 values) x ratios 0.5/1/2, RPN IoU
-    0.7/0.3, 256 anchors per image with 50% positives, ``rpn_train_topn`` /
-    ``rpn_test_topn`` proposals before and after NMS (IoU ``rpn_nms_iou``). See
-    ``build_backbone`` for the backbone arguments. ValueError naming ``anchor_sizes``."""
+    ``rpn_iou`` = (positive, negative) 0.7/0.3 (each gt's best anchor is positive too),
+    256 anchors per image with 50% positives, ``rpn_train_topn`` / ``rpn_test_topn``
+    proposals before and after NMS (IoU ``rpn_nms_iou``). See ``build_backbone`` for the
+    backbone arguments. ValueError naming ``anchor_sizes`` or ``rpn_iou``."""
     if len(anchor_sizes) != 5:
         raise ValueError(f"anchor_sizes: one size per FPN level P2..P6 (5), got {list(anchor_sizes)}")
+    pos_iou, neg_iou = (float(v) for v in rpn_iou)
+    if not 0.0 <= neg_iou <= pos_iou <= 1.0:
+        raise ValueError(f"rpn_iou: (positive, negative) with 0 <= negative <= positive <= 1, got {list(rpn_iou)}")
     body = build_backbone(backbone, pretrained=pretrained, frozen_stages=frozen_stages,
                           norm_eval=norm_eval, out_indices=(1, 2, 3, 4))
     fpn = FeaturePyramidNetwork(list(body.out_channels), fpn_channels, extra_blocks=LastLevelMaxPool())
     anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
     rpn = RegionProposalNetwork(
         anchors, RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
-        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+        fg_iou_thresh=pos_iou, bg_iou_thresh=neg_iou, batch_size_per_image=256, positive_fraction=0.5,
         pre_nms_top_n={"training": rpn_train_topn, "testing": rpn_test_topn},
         post_nms_top_n={"training": rpn_train_topn, "testing": rpn_test_topn},
         nms_thresh=rpn_nms_iou)
