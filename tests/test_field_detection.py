@@ -153,15 +153,15 @@ def test_demo_trains_side_by_side_rows_together():
     todo = [(config, None, None, []) for _, config, _, _ in demo.RUNS]
     groups = [[job[0] for job in g] for g in demo.side_by_side_groups(todo)]
     assert groups[0] == ["configs/classifier/smallcnn_tiny_synth.yaml"]     # the detectors need it first
-    assert groups[1] == [demo.ONE_MODEL, demo.DEFECTNET]
+    assert groups[1] == [demo.ONE_MODEL, demo.DEFECTNET, demo.SEVERITY]   # the detection rows
     assert len(groups[2]) == 3
     # the Defect-Gen rows sample from parts trained before them
     assert groups[3:] == [[demo.DEFECTGEN]] and len(groups) == 4
     # a finished row drops out; the rest of its set still trains together
-    assert [len(g) for g in demo.side_by_side_groups(todo[2:])] == [1, 3, 1]
+    assert [len(g) for g in demo.side_by_side_groups(todo[2:])] == [2, 3, 1]
     # Defect-Gen's parts, planned right after UNet, train in the PaDiM / ZNet / UNet set
     parts = [(c, None, None, []) for c in demo.TRAIN_FIRST[demo.DEFECTGEN]]
-    merged = demo.side_by_side_groups(todo[3:6] + parts + [(demo.DEFECTGEN, None, None, [])])
+    merged = demo.side_by_side_groups(todo[4:7] + parts + [(demo.DEFECTGEN, None, None, [])])
     assert [len(g) for g in merged] == [6, 1]
     # Defect-Gen's parts (two denoisers + the judge segmenter) train together, before the row
     first = [(c, None, None, []) for c in demo.TRAIN_FIRST[demo.DEFECTGEN]]

@@ -31,6 +31,8 @@ DATASETS = {
     "data/demo_det": ["--preset", "demo", "--num-images", "400", "--size", "256x256", "--seed", "0"],
     # Defect-Gen's tiny set with defects visible at 64 px (configs/defectgen/_gen_synth_data.yaml)
     "data/gen_synth": ["--preset", "gen", "--num-images", "200", "--size", "64x64", "--seed", "0"],
+    # Severity's dark sensor frames (512x288; configs/severity/severity_shallownet_tiny_sensor.yaml)
+    "data/sev_sensor_tiny": ["--preset", "sensor", "--num-images", "240", "--seed", "0"],
 }
 
 # one row per run: (family, config, the metrics shown in the table, what the row shows).
@@ -48,6 +50,7 @@ TRAIN_FIRST = {DEFECTGEN: ["configs/defectgen/adm_large_demo_synth.yaml",
                            "configs/defectgen/sindiffusion_small_demo_synth.yaml",
                            "configs/defectgen/seg_unet_judge_demo_synth.yaml"]}
 DEFECTNET = "configs/defectnet/defectnet_const_faster_demo_synth.yaml"
+SEVERITY = "configs/severity/severity_demo_sensor.yaml"
 RUNS = [
     ("classifier", "configs/classifier/smallcnn_tiny_synth.yaml", _CLS,
      "tells normal from defective fabric images (AUROC {roc_auc:.2f}; 0.5 = chance)"),
@@ -60,6 +63,12 @@ RUNS = [
     ("DefectNet", DEFECTNET, _DET,
      "same detector + gate: {gated:.0%} of test images skip the heads, ATT {ratio:.2f}x the "
      "one-model's (interleaved); image F1 {f1_macro:.2f}, AP50 {AP50:.2f}"),
+    ("Severity", SEVERITY,
+     [("mAP", "mAP"), ("AP50", "AP50"), ("qwk_gt", "QWK"), ("verdict_accuracy", "verdict acc")],
+     "after 4 short epochs the shallownet detector starts to find column lines, blemishes and spots "
+     "(AP50 {AP50:.2f}) while its per-type heads already grade them: QWK {qwk_gt:.2f} on the "
+     "ground-truth boxes (0 = chance, 1 = perfect); OK/NG verdict accuracy {verdict_accuracy:.2f}, "
+     "escape {escape_rate:.2f}, overkill {overkill_rate:.2f}"),
     ("PaDiM", "configs/padim/padim_tiny_synth.yaml",
      [("image_auroc", "img AUROC"), ("pixel_auroc", "pix AUROC"), ("aupro", "AUPRO")],
      "flags anomalies after seeing normal images only (image AUROC {image_auroc:.2f})"),
@@ -80,7 +89,7 @@ ATT_PAIR = (ONE_MODEL, DEFECTNET)   # timed interleaved in one process; the firs
 # finish in about the time one two-thread run takes (docs/training.md); benchmarks stay serial
 # Defect-Gen's parts (two denoisers, the judge segmenter) train in the PaDiM / ZNet / UNet set:
 # six single-thread runs keep both cores busy until the last one ends
-SIDE_BY_SIDE = [(ONE_MODEL, DEFECTNET),
+SIDE_BY_SIDE = [(ONE_MODEL, DEFECTNET, SEVERITY),
                 ("configs/padim/padim_tiny_synth.yaml", "configs/znet/znet_tiny_ballscrew.yaml",
                  "configs/znet/unet_demo_ballscrew.yaml", *TRAIN_FIRST[DEFECTGEN])]
 
@@ -341,7 +350,7 @@ def main(argv=None) -> int:
             f"{bench['ms_per_image']['p50']:.1f}", f"{bench['params'] / 1e6:.2f}", f"{train_s:.0f}",
             describe(says, metrics)]
         print("| " + " | ".join(cells) + " |")
-    print("\ntrain+test: wall seconds; the detector rows, PaDiM / ZNet / UNet, and Defect-Gen's two "
+    print("\ntrain+test: wall seconds; the detector and Severity rows, PaDiM / ZNet / UNet, and Defect-Gen's two "
           "denoisers + judge segmenter ran side by side (one thread each) and shared the CPU; the "
           "Defect-Gen row's time is its sampling test (its parts' training is in "
           + ", ".join(f"work_dirs/{Path(c).stem}" for c in TRAIN_FIRST[DEFECTGEN]) + ")")
