@@ -3,7 +3,6 @@ to end on hand-made images (perfect predictions, a known confusion, empty cases)
 import json
 import math
 import pickle
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,38 +17,13 @@ from defectkit.evaluation.severity import (SeverityEvaluator, expected_calibrati
                                            verdict_rates)
 from defectkit.registry import EVALUATORS
 
-try:                                     # the real result once the models helper has committed it
-    from defectkit.models.severity.result import SeverityResult as _Real
-except ImportError:                      # pragma: no cover - stand-in with the spec's fields
-    _Real = None
-
-
-@dataclass
-class _StandIn:
-    boxes: torch.Tensor
-    labels: torch.Tensor
-    scores: torch.Tensor
-    severity: torch.Tensor
-    grade_probs: list
-    crop_boxes: torch.Tensor
-    verdict: str = "OK"
-    verdict_rule: str | None = None
-    fired: list = field(default_factory=list)
-    gt_grade_probs: torch.Tensor | None = None
-    gt_verdict: str | None = None
-    timing_ms: dict = field(default_factory=dict)
-    image_size: tuple = (80, 100)
+from defectkit.models.severity.result import SeverityResult
 
 
 def make_result(**kw):
-    cls = _Real or _StandIn
-    if _Real is not None:                # every detection reported (score >= report_score_thr)
-        kw.setdefault("reported", torch.ones(len(kw["scores"]), dtype=torch.bool))
-    try:
-        return cls(**kw)
-    except TypeError:                    # the real class's signature differs: the spec's fields
-        kw.pop("reported", None)
-        return _StandIn(**kw)
+    """A SeverityResult whose detections are all reported (score >= report_score_thr)."""
+    kw.setdefault("reported", torch.ones(len(kw["scores"]), dtype=torch.bool))
+    return SeverityResult(**kw)
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -230,7 +204,7 @@ def test_perfect_predictions(tmp_path):
     assert (tmp_path / "grade_confusion_matrix.png").is_file()
     assert (tmp_path / "grade_confusion_matrix_gt.png").is_file()
     assert all((tmp_path / p).exists() for p in paths)
-    pred = ev.write_predictions(res, batch_of(ds)["meta"], str(tmp_path)) if _Real is not None else None
+    pred = ev.write_predictions(res, batch_of(ds)["meta"], str(tmp_path))
     if pred:                             # the real result has to_json()
         assert (tmp_path / "predictions.bbox.json").is_file()
         rows = json.loads((tmp_path / "predictions.json").read_text())
@@ -323,7 +297,6 @@ def _real_results(ds, **extra):
     return res
 
 
-@pytest.mark.skipif(_Real is None, reason="needs the real SeverityResult")
 def test_grade_names_differing_from_the_dataset_raise_one_clear_error():
     ds = fake_dataset()                                    # grade_names "1".."5"
     ok = _real_results(ds, grade_names=list(GRADES))
@@ -339,7 +312,6 @@ def test_grade_names_differing_from_the_dataset_raise_one_clear_error():
         evaluate(fake_dataset(with_grades=False), bad, grades=GRADES)
 
 
-@pytest.mark.skipif(_Real is None, reason="needs the real SeverityResult")
 def test_severity_mae_takes_the_models_weights_from_the_results():
     ds = fake_dataset()
     # GT grade indices blemish 3 (a), dash_col 1 (a), blemish 4 (b); predictions 3, 2, 2 as above

@@ -242,15 +242,8 @@ class BaseDataset(Dataset):
 @DATASETS.register()
 class CocoDataset(BaseDataset):
     """COCO detection json; ``normal_category`` marks normal images (DefectNet's 0).
-    Grades from an annotation's ``"severity"`` or ``"attributes": {"severity": ..}``.
-
-    Severity grades (``grades`` / ``with_grades``): with ``with_grades: true`` or a
-    ``grades`` list every sample carries ``grades``, an int64 tensor (N,) aligned with
-    ``boxes``/``labels``: the index of each box's grade in ``grade_names`` (-1 = no grade).
-    ``grade_names`` is ``grades`` (ordered, lightest first) or, when None, the NATURAL sort
-    of every grade found (``"2"`` before ``"10"``). A grade not in ``grades`` is a
-    DataFormatError naming the file, the object and the value (``skip_invalid``: grade -1).
-    ``SanitizeBoundingBoxes`` keeps ``grades`` aligned when it drops boxes."""
+    Grades from an annotation's ``"severity"`` or ``"attributes": {"severity": ..}``; the
+    ``grades`` / ``with_grades`` options and the ``grades`` sample key as ``VOCDataset``."""
 
     with_boxes = True
 
