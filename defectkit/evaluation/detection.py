@@ -39,6 +39,31 @@ COCO_STAT_NAMES = ["mAP", "AP50", "AP75", "APs", "APm", "APl",
                    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
 
+def run_cocoeval(gt: dict, dets: list[dict], iou_type: str = "bbox"):
+    """pycocotools' COCOeval of ``dets`` (COCO result dicts with ``id``) against the COCO dict
+    ``gt``, evaluated, accumulated and summarised over all of ``gt``'s images and categories
+    (``iou_type``: 'bbox' or 'segm'); returns ``(COCOeval, its printed summary)``. The result
+    COCO object is built by hand: ``loadRes`` rejects an empty result list."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = COCO()
+        coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": dets}
+        coco_dt.createIndex()
+        E = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        E.params.imgIds = sorted(im["id"] for im in gt["images"])
+        E.params.catIds = [c["id"] for c in gt["categories"]]
+        E.evaluate()
+        E.accumulate()
+        E.summarize()
+    return E, buf.getvalue()
+
+
 def _nan_if_missing(v: float) -> float:
     """COCOeval writes -1 where nothing could be measured (no ground truth): nan here."""
     v = float(v)
@@ -205,9 +230,6 @@ class DetectionEvaluator(BaseEvaluator):
 
     # ------------------------------------------------------------------------ metrics
     def compute(self) -> dict[str, Any]:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
         if not self.records:
             raise RuntimeError("DetectionEvaluator.compute: no records (empty evaluation set, "
                                "or process() was never called)")
@@ -225,22 +247,7 @@ class DetectionEvaluator(BaseEvaluator):
                              "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
                              "score": float(s), "iscrowd": 0})
 
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            coco_gt = COCO()
-            coco_gt.dataset = gt_dict
-            coco_gt.createIndex()
-            coco_dt = COCO()   # built by hand: loadRes rejects an empty result list
-            coco_dt.dataset = {"images": gt_dict["images"], "categories": gt_dict["categories"],
-                               "annotations": dets}
-            coco_dt.createIndex()
-            E = COCOeval(coco_gt, coco_dt, iouType=self.iou_type)
-            E.params.imgIds = sorted(id_map.values())
-            E.params.catIds = [c["id"] for c in gt_dict["categories"]]
-            E.evaluate()
-            E.accumulate()
-            E.summarize()
-        self.coco_log = buf.getvalue()
+        E, self.coco_log = run_cocoeval(gt_dict, dets, self.iou_type)
         m: dict[str, Any] = {k: _nan_if_missing(v) for k, v in zip(COCO_STAT_NAMES, E.stats)}
 
         # per-class AP (area all, maxDets 100) and PR curves at IoU 0.5

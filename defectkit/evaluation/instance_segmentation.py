@@ -21,8 +21,6 @@ so ``tools/compare.py`` puts ZNet, UNet and Mask R-CNN in ONE table.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from typing import Any
 
@@ -32,7 +30,7 @@ import torch
 from ..registry import EVALUATORS
 from ..structures import SegmentationResult
 from .base import BaseEvaluator, batch_meta, format_table
-from .detection import COCO_STAT_NAMES, _nan_if_missing
+from .detection import COCO_STAT_NAMES, _nan_if_missing, run_cocoeval
 from .segmentation import SegmentationEvaluator
 
 
@@ -52,24 +50,8 @@ def encode_masks(masks: Any) -> list[dict]:
 def coco_stats(gt: dict, dets: list[dict], iou_type: str) -> tuple[dict[str, float], str]:
     """COCOeval stats (``COCO_STAT_NAMES``, -1 -> nan) of ``dets`` against the COCO dict
     ``gt`` for ``iou_type`` ('segm' or 'bbox'), and pycocotools' printed summary."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        coco_dt = COCO()          # built by hand: loadRes rejects an empty result list
-        coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": dets}
-        coco_dt.createIndex()
-        E = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-        E.params.imgIds = [im["id"] for im in gt["images"]]
-        E.params.catIds = [c["id"] for c in gt["categories"]]
-        E.evaluate()
-        E.accumulate()
-        E.summarize()
-    return {k: _nan_if_missing(v) for k, v in zip(COCO_STAT_NAMES, E.stats)}, buf.getvalue()
+    E, log = run_cocoeval(gt, dets, iou_type)
+    return {k: _nan_if_missing(v) for k, v in zip(COCO_STAT_NAMES, E.stats)}, log
 
 
 @EVALUATORS.register()
