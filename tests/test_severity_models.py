@@ -462,6 +462,14 @@ def test_result_json_tables_voc_and_drawing(tmp_path):
     assert tables["defects"][1]["grade_p_1"] is None
     assert tables["verdicts"] == [{"file": "f.png", "verdict": "NG", "rule": "severe_dash: dash_col severity 0.786 >= 0.6",
                                    "num_defects": 2, "max_severity": pytest.approx(0.8), "gt_verdict": None}]
+    assert "log" not in tables
+    r.wide_csv = True                       # model.wide_csv: the original's one-row-per-image log.csv
+    assert r.table_rows("f.png", TYPES)["log"] == [{
+        "FileName": "f.png", "BoxNum": 2,
+        "Class_1": "dash_col", "Score_1": pytest.approx(0.786), "ymin_1": 20.0, "xmin_1": 100.0, "ymax_1": 180.0,
+        "xmax_1": 104.0,
+        "Class_2": "blemish", "Score_2": pytest.approx(0.8), "ymin_2": 50.0, "xmin_2": 300.0, "ymax_2": 90.0,
+        "xmax_2": 340.0}]
     (xml,) = r.write_files(tmp_path, "00000_f")
     from defectkit.data.formats.voc import read_voc_file
     text = open(xml).read()

@@ -50,6 +50,7 @@ class SeverityResult(DetectionResult):
         computed with (``model.severity_heads.<type>.score_weights``, default
         ``linspace(0, 1, G)``, compat ``0.2 k``), so an evaluator maps GT grades through
         exactly the model's weights; None when unknown.
+    wide_csv: add the original's wide ``log`` table (``model.wide_csv``).
     """
     severity: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     grade_probs: list = field(default_factory=list)
@@ -66,6 +67,7 @@ class SeverityResult(DetectionResult):
     grade_names: list | None = None
     image_path: str | None = None
     score_weights: dict | None = None
+    wide_csv: bool = False
 
     gt_key: ClassVar[tuple] = ("boxes", "labels")
 
@@ -134,7 +136,11 @@ class SeverityResult(DetectionResult):
                    grades: Sequence[str] | None = None) -> dict[str, list[dict]]:
         """``defects``: one row per reported defect (file, type, score, grade_p_<g>...,
         grade, severity, box and crop box in original px, rule); ``verdicts``: one row per
-        image (file, verdict, rule, num_defects, max_severity, gt_verdict)."""
+        image (file, verdict, rule, num_defects, max_severity, gt_verdict); with
+        ``wide_csv``, ``log``: the original's wide row (``FileName, BoxNum`` then ``Class_i,
+        Score_i, ymin_i, xmin_i, ymax_i, xmax_i`` per defect, i from 1; Score = the severity
+        score, the detector score for a type without a head; boxes in ORIGINAL pixels, where
+        the original wrote the resized 1280x720 frame's)."""
         grades = list(grades if grades is not None else (self.grade_names or []))
         rows = []
         sev_max = math.nan
@@ -156,7 +162,14 @@ class SeverityResult(DetectionResult):
                 sev_max = s if math.isnan(sev_max) else max(sev_max, s)
         verdict = {"file": path, "verdict": self.verdict, "rule": self.verdict_rule, "num_defects": len(rows),
                    "max_severity": _r(sev_max), "gt_verdict": self.gt_verdict}
-        return {"defects": rows, "verdicts": [verdict]}
+        tables = {"defects": rows, "verdicts": [verdict]}
+        if self.wide_csv:
+            wide: dict[str, Any] = {"FileName": path, "BoxNum": len(rows)}
+            for k, r in enumerate(rows, start=1):
+                wide.update({f"Class_{k}": r["type"], f"Score_{k}": r["severity"], f"ymin_{k}": r["ymin"],
+                             f"xmin_{k}": r["xmin"], f"ymax_{k}": r["ymax"], f"xmax_{k}": r["xmax"]})
+            tables["log"] = [wide]
+        return tables
 
 
 # ----------------------------------------------------------------------- drawing

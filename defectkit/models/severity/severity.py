@@ -153,6 +153,9 @@ class SeverityDetector(BaseModel):
             (box NMS keeps segments whose IoU < ``nms_iou``) counts as 2-4 defects (the
             ``count_at_least`` rules) and as false positives. Default false (the plain
             detector output); see :func:`merge_column_fragments`.
+        wide_csv: ``tools/infer.py`` also writes ``log.csv`` in the original's wide layout
+            (one row per image: file, box count, then class / score / ymin / xmin / ymax /
+            xmax per defect; research note §3 "Outputs"), boxes in original pixels.
     """
 
     model_parts = {"detector": True}
@@ -161,7 +164,7 @@ class SeverityDetector(BaseModel):
                  classes: list[str] | None = None, num_classes: int | None = None,
                  ignore_types: Sequence[str] = (), report_score_thr: float = 0.5,
                  compat_weights_0_2k: bool = False, verdict: dict | list | None = None,
-                 merge_column_fragments: bool = False):
+                 merge_column_fragments: bool = False, wide_csv: bool = False):
         super().__init__()
         if not isinstance(grades, (list, tuple)) or len(grades) < 2:
             raise ValueError(f"model.grades: a list of at least 2 grade names (lightest first), got {grades!r}")
@@ -216,6 +219,7 @@ class SeverityDetector(BaseModel):
                                                     compat=bool(compat_weights_0_2k))
         self.compat_weights_0_2k = bool(compat_weights_0_2k)
         self.merge_column_fragments = bool(merge_column_fragments)
+        self.wide_csv = bool(wide_csv)
         self.verdict_rules = VerdictRules.parse(verdict, self.classes)
         self._last_acc: dict[str, float] = {t: 0.0 for t in self.heads}
 
@@ -461,7 +465,8 @@ class SeverityDetector(BaseModel):
                 timing_ms={"detector": (t1 - t0) * 1000 / n, "severity": (t2 - t1) * 1000 / n},
                 image_size=tuple(int(v) for v in orig_size), type_names=list(self.classes),
                 grade_names=list(self.grades), image_path=meta.get("path"),
-                score_weights={t: [float(v) for v in w] for t, w in self.score_weights.items()}))
+                score_weights={t: [float(v) for v in w] for t, w in self.score_weights.items()},
+                wide_csv=self.wide_csv))
         return results
 
     def _predict_gt(self, batch: dict, scales) -> tuple[list, list]:
