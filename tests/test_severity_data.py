@@ -230,3 +230,30 @@ def test_sensor_base_config_reads_grades(tmp_path):
             s = ds[i]
             assert len(s["grades"]) == len(s["labels"]) == len(s["boxes"])
             assert all(0 <= g < 5 for g in s["grades"].tolist())   # every synthetic box graded
+
+
+def test_keep_original_holds_the_unresized_image_for_the_crops():
+    """KeepOriginal after the flip and Normalize, before Resize: ``orig_image`` is the flipped,
+    normalised image at its original size (a plain tensor the later transforms pass through),
+    and the resized boxes map back onto it with meta['scale_factor']."""
+    from defectkit.data.collate import collate
+
+    pipe = build_pipeline([{"type": "RandomFlip", "prob": 1.0},
+                           {"type": "Normalize", "mean": [0.5] * 3, "std": [0.5] * 3},
+                           {"type": "KeepOriginal"},
+                           {"type": "Resize", "scale": [50, 25], "keep_ratio": False},
+                           {"type": "Pad", "size_divisor": 32}])
+    img = torch.zeros(3, 40, 80)
+    img[:, :, :10] = 1.0                                   # a bright band on the left edge
+    sample = {"image": tv_tensors.Image(img), "labels": torch.tensor([0]),
+              "boxes": tv_tensors.BoundingBoxes(torch.tensor([[0.0, 0, 10, 40]]), format="XYXY",
+                                                canvas_size=(40, 80)),
+              "meta": {"path": "x.png", "orig_size": (40, 80)}}
+    out = pipe(sample)
+    orig = out["orig_image"]
+    assert type(orig) is torch.Tensor and orig.shape == (3, 40, 80) and out["image"].shape == (3, 32, 64)
+    assert torch.equal(orig, (img.flip(-1) - 0.5) / 0.5)   # flipped and normalised, not resized
+    sx, sy = out["meta"]["scale_factor"]
+    back = out["boxes"][0] / torch.tensor([sx, sy, sx, sy])
+    assert back.tolist() == pytest.approx([70.0, 0.0, 80.0, 40.0])   # the band, in orig_image's frame
+    assert collate([out, out])["orig_image"].shape == (2, 3, 40, 80)

@@ -279,6 +279,23 @@ class SanitizeBoundingBoxes(nn.Module):
         return {k: out[k] for k in sample}
 
 
+@TRANSFORMS.register()
+class KeepOriginal(nn.Module):
+    """Keep a copy of the image as it is now under ``orig_image`` (a plain tensor, which the
+    later v2 transforms pass through untouched), so a model can cut crops from the ORIGINAL
+    resolution while its detector sees a resized input (the severity heads: research note
+    severity.md §5.5). Place it after flips / crops and ``Normalize`` and before ``Resize``:
+    ``[RandomFlip, Normalize, KeepOriginal, Resize, Pad]``; the model maps boxes back with
+    ``meta['scale_factor']`` and takes the true size from ``meta['orig_size']``."""
+
+    def forward(self, sample: dict) -> dict:
+        if not isinstance(sample, dict) or "image" not in sample:
+            raise ValueError("KeepOriginal: expects a sample dict with an 'image'")
+        sample = dict(sample)
+        sample["orig_image"] = sample["image"].as_subclass(torch.Tensor).clone()
+        return sample
+
+
 # ---------------------------------------------------------------------------- colour
 @TRANSFORMS.register()
 class Normalize(_Wrapped):
