@@ -92,15 +92,20 @@ def grade_mae(y_true: Any, y_pred: Any) -> float:
     return float(np.abs(a - b).mean()) if a.size else math.nan
 
 
+def _paired(probs: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(M, G) probabilities and (M,) grades as arrays; ValueError naming ``name`` when M differs."""
+    p, t = _prob_array(probs), _int_array(y)
+    if p.shape[0] != t.size:
+        raise ValueError(f"{name}: {p.shape[0]} probability rows for {t.size} grades")
+    return p, t
+
+
 def expected_calibration_error(probs: Any, y: Any, n_bins: int = 15) -> float:
     """ECE of (M, G) probabilities against true grades ``y`` (M,) (Guo et al. 2017, eq. 3):
     confidence = top probability, bin m = ((m-1)/n_bins, m/n_bins] (a confidence of 0 falls
     in the first bin), ``ECE = Σ_m |B_m|/M · |acc(B_m) - conf(B_m)|`` with acc = fraction of
     argmax == y and conf = mean confidence in the bin. NaN when empty."""
-    p = _prob_array(probs)
-    t = _int_array(y)
-    if p.shape[0] != t.size:
-        raise ValueError(f"expected_calibration_error: {p.shape[0]} probability rows for {t.size} grades")
+    p, t = _paired(probs, y, "expected_calibration_error")
     if t.size == 0:
         return math.nan
     conf = p.max(1)
@@ -162,10 +167,7 @@ def severity_score_mae(probs: Any, y: Any, weights: Any) -> float:
     """Mean |Σ_k w_k p_k - w[y]| of (M, G) probabilities against true grades ``y`` (M,):
     the severity score (the model's formula) against the ground-truth grade mapped through
     the same weights. ``weights``: (G,) for every row or (M, G) per row. NaN when empty."""
-    p = _prob_array(probs)
-    t = _int_array(y)
-    if p.shape[0] != t.size:
-        raise ValueError(f"severity_score_mae: {p.shape[0]} probability rows for {t.size} grades")
+    p, t = _paired(probs, y, "severity_score_mae")
     if t.size == 0:
         return math.nan
     w = np.asarray(weights, dtype=np.float64)
