@@ -12,9 +12,9 @@ import torch
 from defectkit.data.formats.common import Record
 from defectkit.engine.builders import build_evaluator
 from defectkit.evaluation.base import table_columns
-from defectkit.evaluation.severity import (SeverityEvaluator, expected_calibration_error, fit_temperature,
-                                           grade_mae, match_detections, qwk, severity_score_mae,
-                                           verdict_rates)
+from defectkit.evaluation.severity import SeverityEvaluator
+from defectkit.evaluation.severity_metrics import (expected_calibration_error, fit_temperature, grade_mae,
+                                                   match_detections, qwk, severity_score_mae, verdict_rates)
 from defectkit.registry import EVALUATORS
 
 from defectkit.models.severity.result import SeverityResult
