@@ -125,6 +125,26 @@ def test_compare_seeds_mean_and_std(tmp_path):
     assert "| det (n=3) | 0.200 ± 0.100 | 0.700 ± 0.100 | 10.00 ± 0.00 | n/a | 10.00 ± 0.00 |" in lines
 
 
+def test_compare_extra_metric_columns(tmp_path):
+    """``--metrics`` appends columns for any metrics.json key (per-class IoU), averaged over
+    seeds like the evaluator's own; a run without the key shows n/a."""
+    cmp_tool = tool("compare")
+    cfg = tmp_path / "seg.yaml"
+    cfg.write_text("model: {type: X}\nevaluation: {type: SegmentationEvaluator}\n")
+    for seed, crack in zip((0, 1), (0.2, 0.4)):
+        d = tmp_path / "work" / f"seg_seed{seed}" / "test"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.json").write_text(json.dumps({"metrics": {
+            "mIoU": 0.5, "defect_IoU": 0.3, "att_ms": 2.0, "IoU.crack": crack}}))
+    out = tmp_path / "table.md"
+    cmp_tool.main([str(cfg), "--seeds", "0", "1", "--metrics", "IoU.crack", "IoU.spot",
+                   "--work-root", str(tmp_path / "work"), "--out", str(out)])
+    lines = out.read_text().splitlines()
+    assert "| Model | mIoU | defect IoU | ms/img | params | IoU.crack | IoU.spot |" in lines
+    assert "| seg (seed 1) | 0.500 | 0.300 | 2.00 | n/a | 0.400 | n/a |" in lines
+    assert "| seg (n=2) | 0.500 ± 0.000 | 0.300 ± 0.000 | 2.00 ± 0.00 | n/a | 0.300 ± 0.141 | n/a |" in lines
+
+
 # ------------------------------------------------- tools/test.py and benchmark.py on a detector
 class OracleDetector(torch.nn.Module):
     """Returns the ground truth of ``ann_file`` (original pixels) for each image id; images

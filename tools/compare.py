@@ -19,7 +19,8 @@ The columns are those each config's evaluator declares (``table_columns`` of its
   (mmseg-style dataset IoUs, model-call ms per image, parameter count);
 - anomaly: ``Model | image AUROC | pixel AUROC | AUPRO | ms/img``.
 
-A metric a model does not report (mAP of a classifier) is ``n/a``.
+A metric a model does not report (mAP of a classifier) is ``n/a``. ``--metrics KEY ...``
+adds columns for other keys of ``metrics.json`` (per-class IoU: ``IoU.scratch IoU.crack``).
 
     python tools/compare.py configs/znet/znet_tiny_ballscrew.yaml configs/znet/unet_tiny_ballscrew.yaml
 
@@ -92,6 +93,9 @@ def parse_args(argv=None):
                    help="train and test each config once per seed (work dirs <stem>_seed<SEED>) and "
                         "report mean ± std over the seeds, after the per-run table")
     p.add_argument("--out", help="also write the Markdown table to this file")
+    p.add_argument("--metrics", nargs="+", default=[], metavar="KEY",
+                   help="extra columns after the evaluator's own: keys of metrics.json's "
+                        "\"metrics\", e.g. IoU.scratch IoU.crack (n/a where a run lacks one)")
     add_cfg_options(p)
     return p.parse_args(argv)
 
@@ -325,7 +329,8 @@ def main(argv=None):
         sys.exit(f"compare: config not found: {', '.join(missing)}")
     configs = [Path(c).resolve() if Path(c).is_file() else ROOT / c for c in args.configs]
     opts = dict(cfg_options=args.cfg_options, retrain=args.retrain)
-    columns = {c: columns_of(resolved_config(str(c), args.cfg_options)) for c in configs}
+    extra = tuple((k, k, 3) for k in args.metrics)
+    columns = {c: columns_of(resolved_config(str(c), args.cfg_options)) + extra for c in configs}
     if not args.seeds:
         rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device, **opts), columns[c])
                 for c in track(configs, desc="compare", unit="config")]
