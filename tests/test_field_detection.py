@@ -150,22 +150,23 @@ def test_demo_row_sentence_has_its_numbers_or_only_its_words():
 
 def test_demo_trains_side_by_side_rows_together():
     demo = _load("tools/demo.py", "demo_tool")
-    todo = [(config, None, None, []) for _, config, _, _ in demo.RUNS]
-    groups = [[job[0] for job in g] for g in demo.side_by_side_groups(todo)]
-    assert groups[0] == ["configs/classifier/smallcnn_tiny_synth.yaml"]     # the detectors need it first
-    assert groups[1] == [demo.ONE_MODEL, demo.DEFECTNET, demo.SEVERITY]   # the detection rows
-    assert len(groups[2]) == 3
-    # the Defect-Gen rows sample from parts trained before them
-    assert groups[3:] == [[demo.DEFECTGEN]] and len(groups) == 4
+    # the jobs main() plans, in table order: each row, its TRAIN_FIRST parts just before it
+    todo = [(c, None, None, []) for _, config, _, _ in demo.RUNS
+            for c in (*demo.TRAIN_FIRST.get(config, []), config)]
+    groups = [[job[0] for job in g] for g in demo.side_by_side_groups(demo.training_order(todo))]
+    # every run that needs no other row's weights trains first, together: the classifier,
+    # Severity, PaDiM, ZNet, UNet and Defect-Gen's parts (two denoisers + judge segmenter)
+    assert groups[0][:2] == [demo.CLASSIFIER, demo.SEVERITY] and len(groups[0]) == 8
+    assert set(demo.TRAIN_FIRST[demo.DEFECTGEN]) <= set(groups[0])
+    # the Defect-Gen row samples from its parts after they are trained
+    assert groups[1] == [demo.DEFECTGEN]
+    # the detector pair starts from the classifier's backbone: after it, together
+    assert groups[2] == [demo.ONE_MODEL, demo.DEFECTNET] and len(groups) == 3
     # a finished row drops out; the rest of its set still trains together
-    assert [len(g) for g in demo.side_by_side_groups(todo[2:])] == [2, 3, 1]
-    # Defect-Gen's parts, planned right after UNet, train in the PaDiM / ZNet / UNet set
-    parts = [(c, None, None, []) for c in demo.TRAIN_FIRST[demo.DEFECTGEN]]
-    merged = demo.side_by_side_groups(todo[4:7] + parts + [(demo.DEFECTGEN, None, None, [])])
-    assert [len(g) for g in merged] == [6, 1]
-    # Defect-Gen's parts (two denoisers + the judge segmenter) train together, before the row
-    first = [(c, None, None, []) for c in demo.TRAIN_FIRST[demo.DEFECTGEN]]
-    assert [[j[0] for j in g] for g in demo.side_by_side_groups(first + [(demo.DEFECTGEN, None, None, [])])] == [
-        demo.TRAIN_FIRST[demo.DEFECTGEN], [demo.DEFECTGEN]]
+    rest = [j for j in todo if j[0] not in (demo.CLASSIFIER, demo.ONE_MODEL)]
+    assert [len(g) for g in demo.side_by_side_groups(demo.training_order(rest))] == [7, 1, 1]
+    # only the Defect-Gen row left (its parts reused): it runs alone
+    assert [[j[0] for j in g] for g in demo.side_by_side_groups(
+        demo.training_order([(demo.DEFECTGEN, None, None, [])]))] == [[demo.DEFECTGEN]]
     for c in demo.TRAIN_FIRST[demo.DEFECTGEN]:
         assert (ROOT / c).is_file()
