@@ -64,6 +64,8 @@ def test_only_selects_a_familys_rows_and_their_data(demo):
     assert [config for _, config, _, _ in rows] == [demo.DEFECTGEN]
     assert demo.select_rows(demo.RUNS, None) == demo.RUNS
     assert [r[0] for r in demo.select_rows(demo.RUNS, ["PaDiM", "unet"])] == ["PaDiM", "UNet"]
+    # a detector row starts from the classifier's checkpoint: selecting it selects the classifier
+    assert [r[0] for r in demo.select_rows(demo.RUNS, ["DefectNet"])] == ["classifier", "DefectNet"]
     with pytest.raises(SystemExit, match=r"--only nope: no such family \(the rows are: classifier, .*Defect-Gen"):
         demo.select_rows(demo.RUNS, ["nope", "PaDiM"])
     assert demo.uses_data(rows, "data/gen_synth")                         # the row and its parts read it

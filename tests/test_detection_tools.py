@@ -125,7 +125,7 @@ def test_compare_seeds_mean_and_std(tmp_path):
     assert "| det (n=3) | 0.200 ± 0.100 | 0.700 ± 0.100 | 10.00 ± 0.00 | n/a | 10.00 ± 0.00 |" in lines
 
 
-def test_compare_extra_metric_columns(tmp_path):
+def test_compare_extra_metric_columns(tmp_path, capsys):
     """``--metrics`` appends columns for any metrics.json key (per-class IoU), averaged over
     seeds like the evaluator's own; a run without the key shows n/a."""
     cmp_tool = tool("compare")
@@ -143,6 +143,7 @@ def test_compare_extra_metric_columns(tmp_path):
     assert "| Model | mIoU | defect IoU | ms/img | params | IoU.crack | IoU.spot |" in lines
     assert "| seg (seed 1) | 0.500 | 0.300 | 2.00 | n/a | 0.400 | n/a |" in lines
     assert "| seg (n=2) | 0.500 ± 0.000 | 0.300 ± 0.000 | 2.00 ± 0.00 | n/a | 0.300 ± 0.141 | n/a |" in lines
+    assert "--metrics IoU.spot: in no run's metrics.json" in capsys.readouterr().err   # a typo is flagged
 
 
 # ------------------------------------------------- tools/test.py and benchmark.py on a detector

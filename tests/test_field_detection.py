@@ -148,6 +148,28 @@ def test_demo_row_sentence_has_its_numbers_or_only_its_words():
         assert (ROOT / config).is_file() and says
 
 
+def test_demo_redoes_the_rows_that_start_from_a_remade_row(monkeypatch):
+    """The detector rows load the classifier's checkpoint: when the classifier is (re)made they
+    are retrained from scratch, even if a finished run of theirs would be reused; when it is
+    reused, so are they. Defect-Gen's row is redone when one of its parts is."""
+    demo = _load("tools/demo.py", "demo_tool")
+    monkeypatch.setattr(demo, "loads_own_weights", lambda c: c == demo.DEFECTGEN)
+
+    def planner(remade):
+        def plan(config, fresh, train=True, test=True):
+            return (config, fresh) if fresh or config in remade else None
+        return plan
+
+    monkeypatch.setattr(demo, "plan", planner({demo.CLASSIFIER}))
+    assert demo.plan_jobs(demo.RUNS, fresh=False) == [
+        (demo.CLASSIFIER, False), (demo.ONE_MODEL, True), (demo.DEFECTNET, True)]
+    monkeypatch.setattr(demo, "plan", planner({demo.SEVERITY}))
+    assert demo.plan_jobs(demo.RUNS, fresh=False) == [(demo.SEVERITY, False)]
+    part = demo.TRAIN_FIRST[demo.DEFECTGEN][1]
+    monkeypatch.setattr(demo, "plan", planner({part}))
+    assert demo.plan_jobs(demo.RUNS, fresh=False) == [(part, False), (demo.DEFECTGEN, True)]
+
+
 def test_demo_trains_side_by_side_rows_together():
     demo = _load("tools/demo.py", "demo_tool")
     # the jobs main() plans, in table order: each row, its TRAIN_FIRST parts just before it

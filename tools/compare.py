@@ -95,7 +95,8 @@ def parse_args(argv=None):
     p.add_argument("--out", help="also write the Markdown table to this file")
     p.add_argument("--metrics", nargs="+", default=[], metavar="KEY",
                    help="extra columns after the evaluator's own: keys of metrics.json's "
-                        "\"metrics\", e.g. IoU.scratch IoU.crack (n/a where a run lacks one)")
+                        "\"metrics\", e.g. IoU.scratch IoU.crack (n/a where a run lacks one); "
+                        "put it after the configs")
     add_cfg_options(p)
     return p.parse_args(argv)
 
@@ -335,11 +336,13 @@ def main(argv=None):
         rows = [(c.stem, ensure_metrics(str(c), work_root, args.train, args.device, **opts), columns[c])
                 for c in track(configs, desc="compare", unit="config")]
         out = tables(rows)
+        results = [m for _, m, _ in rows]
     else:
         # a model that loads its parts' weights (two-model) has no seed of its own
         jobs = [(c, s) for c in configs for s in ([None] if loads_own_weights(str(c)) else args.seeds)]
         done = {(c, s): ensure_metrics(str(c), work_root, args.train, args.device, s, **opts)
                 for c, s in track(jobs, desc="compare", unit="run")}
+        results = list(done.values())
         runs, means = [], []
         for c in configs:
             per = [(s, m) for (cc, s), m in done.items() if cc == c]
@@ -347,6 +350,10 @@ def main(argv=None):
             means.append((f"{c.stem} (n={len(per)})", aggregate([m for _, m in per]), columns[c]))
         out = (tables(runs) + f"\n\nMean ± sample std over seeds {' '.join(map(str, args.seeds))}:\n\n"
                + tables(means))
+    unknown = [k for k in args.metrics if not any(k in m for m in results)]
+    if unknown:
+        print(f"compare: --metrics {' '.join(unknown)}: in no run's metrics.json (shown as n/a)",
+              file=sys.stderr)
     print("\n" + out)
     if args.out:
         Path(args.out).write_text(out + "\n")

@@ -3,6 +3,7 @@
     python tools/demo.py            # reuses data and finished runs when present
     python tools/demo.py --fresh    # regenerate data and retrain everything
     python tools/demo.py --only Defect-Gen   # only that family's rows (and the configs they train first)
+    python tools/demo.py --only detector     # the one-model row and the classifier row it starts from
 
 Each step runs the same command a user would type (printed before it runs), so the
 demo doubles as a walk-through of the tools. Rows listed together in SIDE_BY_SIDE train
@@ -86,6 +87,10 @@ RUNS = [
      "of the 7 training images"),
 ]
 ATT_PAIR = (ONE_MODEL, DEFECTNET)   # timed interleaved in one process; the first is the reference
+# rows whose model starts from another row's checkpoint (configs/_base_/demo_det.yaml's
+# `pretrained`): selected with it (--only detector also runs the classifier row) and
+# retrained when it is
+STARTS_FROM = {ONE_MODEL: CLASSIFIER, DEFECTNET: CLASSIFIER}
 # rows that train (and test) side by side, one thread each, in this order (the table keeps the
 # order of RUNS): on 2 cores two single-thread runs finish in about the time one two-thread run
 # takes (docs/training.md); benchmarks stay serial. Every run that does not need another row's
@@ -99,8 +104,9 @@ SIDE_BY_SIDE = [(CLASSIFIER, SEVERITY, "configs/padim/padim_tiny_synth.yaml",
 
 
 def select_rows(runs: list, only: list[str] | None) -> list:
-    """The rows of ``runs`` whose family is in ``only`` (case-insensitive; all when None);
-    ``SystemExit`` naming the known families when one matches no row."""
+    """The rows of ``runs`` whose family is in ``only`` (case-insensitive; all when None), with
+    the rows they start from (STARTS_FROM); ``SystemExit`` naming the known families when one
+    matches no row."""
     if not only:
         return list(runs)
     known = list(dict.fromkeys(family for family, *_ in runs))
@@ -108,7 +114,9 @@ def select_rows(runs: list, only: list[str] | None) -> list:
     unknown = sorted(wanted - {f.lower() for f in known})
     if unknown:
         sys.exit(f"demo: --only {' '.join(unknown)}: no such family (the rows are: {', '.join(known)})")
-    return [row for row in runs if row[0].lower() in wanted]
+    chosen = {row[1] for row in runs if row[0].lower() in wanted}
+    chosen |= {STARTS_FROM[c] for c in chosen if c in STARTS_FROM}
+    return [row for row in runs if row[1] in chosen]
 
 
 def uses_data(runs: list, out: str) -> bool:
@@ -286,12 +294,37 @@ def plan(config: str, fresh: bool, train: bool = True, test: bool = True):
     return config, work_dir, stamp, cmds
 
 
+def plan_jobs(runs: list, fresh: bool) -> list:
+    """The jobs ``(config, work_dir, stamp, commands)`` that (re)make the rows of ``runs``, in
+    table order: each row's TRAIN_FIRST parts before it. A row is redone (from scratch) when a
+    part it samples from, or the row it starts from (STARTS_FROM), is (re)made."""
+    todo = []
+    planned: set[str] = set()
+    for family, config, shown, says in runs:
+        retrained = STARTS_FROM.get(config) in planned
+        for first in TRAIN_FIRST.get(config, []):
+            if first in planned:
+                retrained = True
+                continue
+            job = plan(first, fresh, test=False)
+            if job is not None:
+                todo.append(job)
+                planned.add(first)
+                retrained = True
+        job = plan(config, fresh or retrained, train=not loads_own_weights(config))
+        if job is not None:
+            todo.append(job)
+            planned.add(config)
+    return todo
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fresh", action="store_true", help="regenerate data and retrain")
     p.add_argument("--only", nargs="+", metavar="FAMILY",
                    help="run only the rows of these families (case-insensitive, e.g. Defect-Gen PaDiM), "
-                        "with the configs they train first; the interleaved detector ATT runs only when "
+                        "with the configs they train first and the rows they start from (detector: "
+                        "the classifier); the interleaved detector ATT runs only when "
                         "both detector rows are selected")
     args = p.parse_args(argv)
     runs = select_rows(RUNS, args.only)
@@ -303,22 +336,7 @@ def main(argv=None) -> int:
             continue
         make_data(out, synth_args, args.fresh)
 
-    todo = []   # (config, work_dir, stamp, commands) of the runs to (re)make
-    planned: set[str] = set()
-    for family, config, shown, says in runs:
-        retrained = False   # a part retrained: the row that samples from it is redone too
-        for first in TRAIN_FIRST.get(config, []):
-            if first in planned:
-                retrained = True
-                continue
-            job = plan(first, args.fresh, test=False)
-            if job is not None:
-                todo.append(job)
-                planned.add(first)
-                retrained = True
-        job = plan(config, args.fresh or retrained, train=not loads_own_weights(config))
-        if job is not None:
-            todo.append(job)
+    todo = plan_jobs(runs, args.fresh)
     for group in side_by_side_groups(training_order(todo)):
         if len(group) == 1:
             config, work_dir, stamp, cmds = group[0]
