@@ -129,6 +129,7 @@ class SegmentationResult(Result):
     probs: torch.Tensor | None = None      # (C, H, W) float32 softmax, when kept
     image_scores: torch.Tensor | None = None  # (2,) float32, when the model has an image head
     gated: bool = False
+    score_thr: float = 0.5
 
     gt_key: ClassVar[str] = "mask"         # the sample key tools/test.py draws as ground truth
 
@@ -204,6 +205,11 @@ class InstanceSegmentationResult(Result):
     ``boxes[k]`` / ``scores[k]`` / ``labels[k]`` (0-based class index); an image without
     instances has masks (0, H, W), so the image size is always known. ``gate_score`` /
     ``gated``: as :class:`DetectionResult` (a gated image skipped the box AND mask heads).
+    ``score_thr``: the score from which an instance counts (the default threshold of
+    :meth:`semantic_map`, :meth:`instance_map`, :meth:`write_files` and the drawing); the
+    ``InstanceSegmentationEvaluator`` sets it to ``evaluation.score_thr`` (``process`` /
+    ``export_fields``), so the mask PNG and overlay of tools/infer.py / tools/test.py show
+    the instances the metrics count.
     """
     boxes: torch.Tensor          # (N, 4) float32 XYXY
     scores: torch.Tensor         # (N,) float32
@@ -211,6 +217,7 @@ class InstanceSegmentationResult(Result):
     masks: torch.Tensor          # (N, H, W) bool / uint8
     gate_score: float | None = None
     gated: bool = False
+    score_thr: float = 0.5
 
     gt_key: ClassVar[str] = "mask"   # tools/test.py draws the semantic class-index mask as GT
 
@@ -221,9 +228,9 @@ class InstanceSegmentationResult(Result):
     def image_size(self) -> tuple[int, int]:
         return int(self.masks.shape[-2]), int(self.masks.shape[-1])
 
-    def semantic_map(self, score_thr: float = 0.5) -> torch.Tensor:
+    def semantic_map(self, score_thr: float | None = None) -> torch.Tensor:
         """(H, W) int64 class-index map (0 background, ``label + 1`` for an instance pixel)
-        of the instances with ``score >= score_thr``. Overlaps: the HIGHER-scoring instance
+        of the instances with ``score >= score_thr`` (None: ``self.score_thr``). Overlaps: the HIGHER-scoring instance
         wins the pixel (instances are painted in ascending score order; equal scores: the
         one listed first wins). This is how Mask R-CNN is scored as a semantic segmenter
         (``InstanceSegmentationEvaluator``)."""
@@ -232,15 +239,16 @@ class InstanceSegmentationResult(Result):
             out[self.masks[k].bool()] = int(self.labels[k]) + 1
         return out
 
-    def _paint_order(self, score_thr: float) -> list[int]:
+    def _paint_order(self, score_thr: float | None) -> list[int]:
         """Indices of the instances with score >= ``score_thr``, lowest score first; among
         equal scores the later-listed first (so painting in this order, the higher score and
         then the earlier-listed instance wins a pixel)."""
+        thr = self.score_thr if score_thr is None else float(score_thr)
         scores = self.scores.tolist()
-        keep = [k for k, s in enumerate(scores) if s >= score_thr]
+        keep = [k for k, s in enumerate(scores) if s >= thr]
         return sorted(keep, key=lambda k: (scores[k], -k))
 
-    def instance_map(self, score_thr: float = 0.5) -> torch.Tensor:
+    def instance_map(self, score_thr: float | None = None) -> torch.Tensor:
         """(H, W) int64: 0 background, ``k + 1`` for a pixel of instance ``k`` (same
         threshold and overlap rule as :meth:`semantic_map`)."""
         out = torch.zeros(self.image_size, dtype=torch.int64)
@@ -262,7 +270,7 @@ class InstanceSegmentationResult(Result):
         return out
 
     def write_files(self, out_dir, stem: str) -> list[str]:
-        """``<stem>_mask.png``: :meth:`semantic_map` (score >= 0.5) as 8-bit PNG (class
+        """``<stem>_mask.png``: :meth:`semantic_map` (score >= ``self.score_thr``) as 8-bit PNG (class
         index per pixel, as SegmentationResult writes it)."""
         from pathlib import Path
 
@@ -279,7 +287,7 @@ class InstanceSegmentationResult(Result):
                 "labels": [int(l) for l in self.labels],
                 "masks": self.rles(), "image_size": list(self.image_size),
                 "gate_score": None if self.gate_score is None else round(float(self.gate_score), 5),
-                "gated": bool(self.gated)}
+                "gated": bool(self.gated), "score_thr": float(self.score_thr)}
 
     def table_rows(self, path: str, class_names: Sequence[str] | None) -> dict[str, list[dict]]:
         """``instances``: one row per instance (file, class, score, mask pixels, box in

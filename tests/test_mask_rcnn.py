@@ -295,3 +295,24 @@ def test_the_texture_labelme_configs_share_data_and_schedule():
         assert len({str(c["data"]["test"][key]) for c in cfgs.values()}) == 1
     assert len({(c["train"]["epochs"], c["data"]["batch_size"], c["optimizer"]["lr"]) for c in cfgs.values()}) == 1
     assert cfgs["maskrcnn"]["data"]["train"]["with_instances"] and cfgs["maskrcnn"]["data"]["test"]["with_instances"]
+
+
+# ------------------------------------------------------------------ field inputs (regressions)
+def test_the_evaluators_score_thr_is_the_one_written_and_drawn(tmp_path):
+    # evaluation.score_thr 0.3 (the tiny configs' choice): an instance scored 0.4 is a defect
+    # in the metrics, so it must also be in the mask PNG, the JSON and the drawing that
+    # tools/infer.py / tools/test.py write (they used a fixed 0.5: an empty mask file)
+    a = np.zeros((10, 16), bool); a[2:5, 3:9] = True
+    r = _result([a], [0.4], [0])
+    ev = InstanceSegmentationEvaluator(classes=["pit"], score_thr=0.3, resolution="input")
+    fields = ev.export_fields(r)                                   # what tools/infer.py calls
+    assert fields["score_thr"] == 0.3 and r.to_json()["score_thr"] == 0.3
+    assert int((r.semantic_map() > 0).sum()) == 18
+    (path,) = r.write_files(tmp_path, "x")
+    assert int((np.asarray(Image.open(path)) == 1).sum()) == 18
+    pic = np.asarray(draw_result(np.zeros((10, 16, 3), np.uint8), r, ["pit"]))
+    assert pic[-10:][3, 5].any()                                   # the instance is painted
+    r2 = _result([a], [0.4], [0])
+    batch = {"mask": torch.from_numpy(a.astype(np.int64))[None], "meta": [{"id": 0, "path": "x.png"}]}
+    ev.process(batch, [r2])                                         # tools/test.py: process, then draw
+    assert r2.score_thr == 0.3 and np.asarray(ev.records[0]["cm"])[1, 1] == 18

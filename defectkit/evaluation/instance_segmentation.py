@@ -90,6 +90,8 @@ class InstanceSegmentationEvaluator(BaseEvaluator):
     # ------------------------------------------------------------------------ records
     def process(self, batch: dict, results: list) -> None:
         self.semantic.records = []
+        for r in results:        # what tools/test.py then writes / draws counts as the metrics do
+            r.score_thr = self.score_thr
         self.semantic.process(batch, [SegmentationResult(mask=r.semantic_map(self.score_thr)) for r in results])
         for i, (r, sem) in enumerate(zip(results, self.semantic.records)):
             meta = batch_meta(batch, i)
@@ -166,10 +168,16 @@ class InstanceSegmentationEvaluator(BaseEvaluator):
         return m
 
     def export_fields(self, result: Any) -> dict[str, Any]:
-        """``label_names``: each instance's class name."""
+        """``label_names``: each instance's class name; ``score_thr``: this evaluator's, also
+        set on ``result`` (tools/infer.py calls this before it writes the mask PNG and the
+        drawing, so they show the instances the metrics count)."""
+        result.score_thr = self.score_thr
         names = self.semantic.class_names[1:]
-        return {"label_names": [names[int(l)] if 0 <= int(l) < len(names) else str(int(l))
-                                for l in result.labels.tolist()]} if names else {}
+        out = {"score_thr": self.score_thr}
+        if names:
+            out["label_names"] = [names[int(l)] if 0 <= int(l) < len(names) else str(int(l))
+                                  for l in result.labels.tolist()]
+        return out
 
     def summary(self, metrics: dict[str, Any]) -> str:
         out = [self.semantic.summary(metrics)]

@@ -1,8 +1,8 @@
 """Drawing an :class:`~defectkit.structures.InstanceSegmentationResult` (Mask R-CNN).
 
 ``draw_instances(image, result, class_names, gt)`` on the ORIGINAL picture (the masks are
-in its pixels): every instance with ``score >= score_thr`` (0.5, the semantic map's
-threshold) filled in its own colour, with its box and "class score" label;
+in its pixels): every instance with ``score >= score_thr`` (default ``result.score_thr``,
+the semantic map's threshold: the evaluator's ``score_thr`` once it has seen the result) filled in its own colour, with its box and "class score" label;
 ``image | GT | prediction`` panels when ``gt`` is a class-index mask (tools/test.py passes
 the sample's ``mask``), ``image | prediction`` otherwise (tools/infer.py). A banner gives
 the instance count and P(defective) / "gated" when a DefectNet gate ran.
@@ -21,10 +21,12 @@ from .segmentation import _panel, hconcat
 
 
 def overlay_instances(image: Any, result: InstanceSegmentationResult, class_names: Sequence[str] | None = None,
-                      score_thr: float = 0.5, alpha: float = 0.5) -> Image.Image:
-    """The instances of ``result`` (score >= ``score_thr``) on ``image``: each mask in its
-    own colour, then its box and label (class name and score) in the class colour."""
+                      score_thr: float | None = None, alpha: float = 0.5) -> Image.Image:
+    """The instances of ``result`` (score >= ``score_thr``, default ``result.score_thr``) on
+    ``image``: each mask in its own colour, then its box and label (class name and score)
+    in the class colour."""
     img = to_pil(image)
+    score_thr = result.score_thr if score_thr is None else float(score_thr)
     keep = [k for k, s in enumerate(result.scores.tolist()) if s >= score_thr]
     if not keep:
         return img.copy()
@@ -39,8 +41,9 @@ def overlay_instances(image: Any, result: InstanceSegmentationResult, class_name
 
 
 def draw_instances(image: Any, result: InstanceSegmentationResult, class_names: Sequence[str] | None = None,
-                   gt: Any = None, score_thr: float = 0.5, alpha: float = 0.5) -> Image.Image:
+                   gt: Any = None, score_thr: float | None = None, alpha: float = 0.5) -> Image.Image:
     img = to_pil(image)
+    score_thr = result.score_thr if score_thr is None else float(score_thr)
     panels = []
     if isinstance(gt, (torch.Tensor, np.ndarray)) and np.ndim(gt) >= 2:
         g = np.asarray(gt.cpu() if isinstance(gt, torch.Tensor) else gt).astype(np.int64)
