@@ -316,3 +316,26 @@ def test_the_evaluators_score_thr_is_the_one_written_and_drawn(tmp_path):
     batch = {"mask": torch.from_numpy(a.astype(np.int64))[None], "meta": [{"id": 0, "path": "x.png"}]}
     ev.process(batch, [r2])                                         # tools/test.py: process, then draw
     assert r2.score_thr == 0.3 and np.asarray(ev.records[0]["cm"])[1, 1] == 18
+
+
+def test_a_labelme_circle_drawn_at_the_border_is_clipped_not_rejected(tmp_path):
+    # LabelMe keeps a circle's two clicks (centre, rim point) in the image, but the circle
+    # itself may cross the border: it was rejected as a "box outside the image" (both
+    # points inside), or with skip_invalid silently dropped (its pixels background)
+    ann, img = _write_labelme(tmp_path, [])
+    js = ann / "a.json"
+    d = json.loads(js.read_text())
+    d["shapes"] = [{"label": "pit", "points": [[3, 6], [3, 1]], "shape_type": "circle"}]   # r 5 at x 3
+    js.write_text(json.dumps(d))
+    s = LabelMeDataset(str(ann), str(img), classes=["pit"], with_instances=True)[0]
+    m = s["instance_masks"].numpy()
+    assert m.shape == (1, 12, 20) and s["boxes"].tolist() == [[0, 1, 9, 12]]
+    assert np.array_equal(m[0].astype(bool), s["mask"].numpy() > 0)
+    yy, xx = np.mgrid[:12, :20]
+    disc = (xx - 3) ** 2 + (yy - 6) ** 2 <= 25                     # the clipped disc, edge +-1 px
+    assert abs(int(m[0].sum()) - int(disc.sum())) <= 12 and m[0, 6, 0] and not m[0, 6, 9]
+    assert m[0, 1:12, 0].sum() < 11                                 # no straight wall along x = 0
+    d["shapes"][0]["points"] = [[3, 6], [30, 6]]                     # a click outside: still an error
+    js.write_text(json.dumps(d))
+    with pytest.raises(Exception, match=r"a\.json: shapes\[0\]\.points.*outside"):
+        LabelMeDataset(str(ann), str(img), classes=["pit"], with_instances=True)

@@ -3,7 +3,9 @@
 Keys read: ``imagePath`` (relative to the JSON's folder, Windows separators
 accepted), ``imageWidth``/``imageHeight`` and ``shapes[i].{label, points, shape_type}``.
 ``shape_type`` ``polygon`` (>= 3 points), ``rectangle`` (2 corner points) and
-``circle`` (centre, point on the circle) are supported; other types are an error.
+``circle`` (centre, point on the circle) are supported; other types are an error. A
+circle may cross the image border (LabelMe keeps only its two clicks in the image): its
+clicks are checked, the circle is clipped.
 The embedded ``imageData`` is ignored (images are read from disk).
 
 Each shape becomes an instance: a box (the extent of its points) with its label,
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (DataFormatError, Problems, Record, as_boxes, as_labels,
+from .common import (BOX_TOLERANCE, DataFormatError, Problems, Record, as_boxes, as_labels,
                      check_box, check_nonempty, image_size, list_images, read_split_file,
                      keep_known, require_path, resolve_classes)
 
@@ -90,6 +92,18 @@ def _shape(s, where: str, w: int, h: int):
             raise
         raise DataFormatError(f"{where}.points: {e}") from None
     xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+    if (s.get("shape_type") or "polygon") == "circle":
+        # LabelMe keeps the two clicks (centre, rim point) in the image, not the circle:
+        # the clicks are checked, the circle is clipped by the rasteriser (its vertices are
+        # NOT clamped: that would add a straight wall along the border) and its box here
+        for x, y in s["points"]:
+            x, y = float(x), float(y)
+            if not (-BOX_TOLERANCE <= x <= w + BOX_TOLERANCE and -BOX_TOLERANCE <= y <= h + BOX_TOLERANCE):
+                raise DataFormatError(f"{where}.points: circle point [{x:g}, {y:g}] is outside the "
+                                      f"{w}x{h} image (tolerance {BOX_TOLERANCE:g} px)")
+        box = check_box(max(min(xs), 0.0), max(min(ys), 0.0), min(max(xs), w), min(max(ys), h),
+                        w, h, f"{where}.points")
+        return s["label"], poly, box
     box = check_box(min(xs), min(ys), max(xs), max(ys), w, h, f"{where}.points")
     return s["label"], [(min(max(x, 0.0), w), min(max(y, 0.0), h)) for x, y in poly], box
 
