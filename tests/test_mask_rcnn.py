@@ -339,3 +339,16 @@ def test_a_labelme_circle_drawn_at_the_border_is_clipped_not_rejected(tmp_path):
     js.write_text(json.dumps(d))
     with pytest.raises(Exception, match=r"a\.json: shapes\[0\]\.points.*outside"):
         LabelMeDataset(str(ann), str(img), classes=["pit"], with_instances=True)
+
+
+def test_two_labelme_files_on_one_image_are_an_error_naming_both(tmp_path):
+    # b.json copied from a.json with its imagePath left at a.png: a.png got both files'
+    # shapes as two records (the evaluators' ground truth of one of them silently the
+    # other's) and b.png, with unlabeled: normal, a clean image
+    ann, img = _write_labelme(tmp_path, [("pit", [[2, 3], [9, 3], [9, 7]])])
+    Image.open(img / "a.png").save(img / "b.png")
+    (ann / "b.json").write_text((ann / "a.json").read_text())
+    with pytest.raises(Exception, match=r"b\.json: imagePath: .*a\.png is also annotated by .*a\.json"):
+        LabelMeDataset(str(ann), str(img), classes=["pit"], with_instances=True, unlabeled="normal")
+    ds = LabelMeDataset(str(ann), str(img), classes=["pit"], skip_invalid=True)
+    assert [r.id for r in ds.records] == ["a"]

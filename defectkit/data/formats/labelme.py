@@ -18,7 +18,8 @@ Classes: the config's ``classes`` (an unknown label is an error) or the sorted
 label names found. ``skip_invalid``: an invalid shape (bad points, unsupported type,
 outside the image, unknown label) is dropped and its image kept with the valid
 shapes (its pixels then count as background); an image is dropped when its JSON is
-invalid or when every shape in it was. Without ``imageWidth``/``imageHeight`` the
+invalid or when every shape in it was. Two JSONs whose ``imagePath`` lead to one image are
+an error naming both (``skip_invalid``: the later one, in sorted order, is dropped). Without ``imageWidth``/``imageHeight`` the
 size comes from the image header, EXIF-turned unless ``exif_orientation=False``. Images in ``img_dir`` without a JSON: ``unlabeled='skip'``
 (default; BSData's unannotated images are unlabelled, not clean negatives) or
 ``'normal'`` (kept as normal images with an empty mask).
@@ -162,6 +163,7 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
     problems = Problems(skip_invalid, str(aroot))
 
     parsed = []   # (json, image, w, h, [(shape index, label, polygon, box)], invalid shapes)
+    owner: dict[Path, Path] = {}    # image -> the JSON that annotates it
     for js in sorted(aroot.glob("*.json")):
         if keep is not None and js.stem not in keep:
             continue
@@ -170,6 +172,10 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
             if not isinstance(data.get("shapes", []), list):
                 raise DataFormatError(f"{js}: shapes: must be a list")
             img = _find_image(js, data.get("imagePath"), img_root)
+            first = owner.setdefault(img.resolve(), js)
+            if first != js:       # e.g. a JSON copied for another image, imagePath not updated
+                raise DataFormatError(f"{js}: imagePath: {img} is also annotated by {first} "
+                                      f"(one LabelMe file per image)")
             w, h = data.get("imageWidth"), data.get("imageHeight")
             if w is None or h is None:
                 w, h = image_size(img, exif_orientation)   # as the image is decoded
