@@ -352,3 +352,15 @@ def test_two_labelme_files_on_one_image_are_an_error_naming_both(tmp_path):
         LabelMeDataset(str(ann), str(img), classes=["pit"], with_instances=True, unlabeled="normal")
     ds = LabelMeDataset(str(ann), str(img), classes=["pit"], skip_invalid=True)
     assert [r.id for r in ds.records] == ["a"]
+
+
+def test_a_one_pixel_wide_labelme_polygon_is_a_line_not_a_degenerate_box(tmp_path):
+    # make_synth's sensor preset writes a dead column as [[5, 0], [5, 0], [5, 11], [5, 11]]
+    # (its COCO bbox [5, 0, 1, 12]); the reader rejected its own generator's file
+    ann, img = _write_labelme(tmp_path, [("pit", [[5, 0], [5, 0], [5, 11], [5, 11]]),
+                                         ("pit", [[9, 4], [15, 4], [15, 4]])])         # a row
+    ds = LabelMeDataset(str(ann), str(img), classes=["pit"], with_instances=True)
+    assert ds.records[0].boxes.tolist() == [[5, 0, 6, 11], [9, 4, 15, 5]]
+    s = ds[0]
+    assert s["boxes"].tolist() == [[5, 0, 6, 12], [9, 4, 16, 5]]
+    assert [int(m.sum()) for m in s["instance_masks"]] == [12, 7] and int((s["mask"] > 0).sum()) == 19
