@@ -364,3 +364,26 @@ def test_a_one_pixel_wide_labelme_polygon_is_a_line_not_a_degenerate_box(tmp_pat
     s = ds[0]
     assert s["boxes"].tolist() == [[5, 0, 6, 12], [9, 4, 16, 5]]
     assert [int(m.sum()) for m in s["instance_masks"]] == [12, 7] and int((s["mask"] > 0).sum()) == 19
+
+
+def test_labelme_shapes_sharing_a_group_id_are_one_instance(tmp_path):
+    # LabelMe's instance grouping (labelme2coco: one instance per (label, group_id)): a crack
+    # annotated as two polygons with group_id 1 is ONE gt instance, not two (COCO AP
+    # counted a half as a missed instance); group_id null: one instance per shape
+    ann, img = _write_labelme(tmp_path, [])
+    js = ann / "a.json"
+    d = json.loads(js.read_text())
+    sq = lambda x, y: [[x, y], [x + 2, y], [x + 2, y + 2], [x, y + 2]]
+    d["shapes"] = [{"label": "pit", "points": sq(1, 1), "shape_type": "polygon", "group_id": 1},
+                   {"label": "pit", "points": sq(10, 6), "shape_type": "polygon", "group_id": None},
+                   {"label": "pit", "points": sq(6, 6), "shape_type": "polygon", "group_id": 1},
+                   {"label": "dent", "points": sq(15, 1), "shape_type": "polygon", "group_id": 1}]
+    js.write_text(json.dumps(d))
+    ds = LabelMeDataset(str(ann), str(img), classes=["pit", "dent"], with_instances=True)
+    s = ds[0]
+    assert s["labels"].tolist() == [0, 0, 1]
+    assert [int(m.sum()) for m in s["instance_masks"]] == [18, 9, 9]
+    assert s["boxes"].tolist() == [[1, 1, 9, 9], [10, 6, 13, 9], [15, 1, 18, 4]]
+    flipped = LabelMeDataset(str(ann), str(img), classes=["pit", "dent"], with_instances=True,
+                             pipeline=[{"type": "RandomFlip", "prob": 1.0}])[0]
+    assert [int(m.sum()) for m in flipped["instance_masks"]] == [18, 9, 9]

@@ -1,6 +1,7 @@
 """Instance targets (Mask R-CNN): one binary mask per object, with its class and box.
 
-- LabelMe / polygon sources: ONE INSTANCE PER SHAPE, each polygon rasterised on its own
+- LabelMe / polygon sources: ONE INSTANCE PER SHAPE (shapes sharing a LabelMe ``group_id``
+  and label: one instance, as labelme2coco), each polygon rasterised on its own
   with the same rule as the semantic mask (``PIL.ImageDraw.polygon``, fill and outline,
   LabelMe's ``shape_to_mask``); overlapping shapes stay separate instances.
 - Class-index mask PNGs: the CONNECTED COMPONENTS of each class (``scipy.ndimage.label``,
@@ -21,18 +22,42 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
+class GroupedPolygon(tuple):
+    """A ``(label, points)`` pair (unpacks as one) that also carries ``group``: LabelMe's
+    ``group_id``. Polygons with the same ``(label, group)`` (group not None) are ONE
+    instance (labelme2coco's rule: an object annotated in several parts)."""
+
+    def __new__(cls, label, points, group=None):
+        obj = super().__new__(cls, (label, points))
+        obj.group = group
+        return obj
+
+    def __reduce__(self):
+        return (GroupedPolygon, (self[0], self[1], self.group))
+
+
 def polygon_instances(polygons: list, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """``[(label, [(x, y), ...]), ...]`` -> (masks (N, H, W) uint8 0/1, labels (N,) int64),
-    one instance per polygon (empty ones dropped)."""
-    masks, labels = [], []
-    for label, pts in polygons:
+    one instance per polygon, except that :class:`GroupedPolygon` s sharing ``(label,
+    group)`` are one instance (the union of their pixels, in the place of the first);
+    empty instances dropped."""
+    masks, labels, where = [], [], {}
+    for poly in polygons:
+        label, pts = poly
         canvas = Image.new("L", (width, height), 0)
         ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in pts], fill=1, outline=1)
         m = np.asarray(canvas, dtype=np.uint8)
-        if m.any():
-            masks.append(m)
-            labels.append(int(label))
-    return _stack(masks, labels, height, width)
+        group = getattr(poly, "group", None)
+        key = None if group is None else (int(label), group)
+        if key is not None and key in where:
+            masks[where[key]] = masks[where[key]] | m
+            continue
+        if key is not None:
+            where[key] = len(masks)
+        masks.append(m)
+        labels.append(int(label))
+    keep = [k for k, m in enumerate(masks) if m.any()]
+    return _stack([masks[k] for k in keep], [labels[k] for k in keep], height, width)
 
 
 def mask_instances(class_mask: np.ndarray, num_classes: int | None = None,

@@ -13,7 +13,9 @@ Each shape becomes an instance: a box (the extent of its points) with its label,
 and a polygon that the dataset rasterises into the class-index mask with
 ``PIL.ImageDraw.polygon(points, fill=k+1, outline=k+1)`` (LabelMe's own
 ``shape_to_mask`` rule: float vertices, boundary pixels included); later shapes
-are drawn over earlier ones.
+are drawn over earlier ones. Instance masks (``with_instances``): shapes with the same
+``label`` and ``group_id`` (not null) are ONE instance, labelme2coco's rule
+(``instances.GroupedPolygon`` carries the group); ``group_id`` must be an integer or null.
 
 Classes: the config's ``classes`` (an unknown label is an error) or the sorted
 label names found. ``skip_invalid``: an invalid shape (bad points, unsupported type,
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..instances import GroupedPolygon
 from .common import (BOX_TOLERANCE, DataFormatError, Problems, Record, as_boxes, as_labels,
                      check_box, check_nonempty, image_size, list_images, read_split_file,
                      keep_known, require_path, resolve_classes)
@@ -84,9 +87,12 @@ def _shape_polygon(shape: dict, where: str) -> list[tuple[float, float]]:
 
 
 def _shape(s, where: str, w: int, h: int):
-    """``(label, polygon clipped to the image, box)`` of one LabelMe shape."""
+    """``(label, polygon clipped to the image, box, group_id)`` of one LabelMe shape."""
     if not isinstance(s, dict) or not isinstance(s.get("label"), str):
         raise DataFormatError(f"{where}.label: missing or not a string")
+    group = s.get("group_id")
+    if group is not None and (isinstance(group, bool) or not isinstance(group, (int, str))):
+        raise DataFormatError(f"{where}.group_id: expected an integer or null, got {group!r}"[:300])
     try:
         poly = _shape_polygon(s, where)
     except (TypeError, ValueError) as e:
@@ -105,14 +111,14 @@ def _shape(s, where: str, w: int, h: int):
                                       f"{w}x{h} image (tolerance {BOX_TOLERANCE:g} px)")
         box = check_box(max(min(xs), 0.0), max(min(ys), 0.0), min(max(xs), w), min(max(ys), h),
                         w, h, f"{where}.points")
-        return s["label"], poly, box
+        return s["label"], poly, box, group
     x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
     # a polygon with all its points on one column / row (a one-pixel line, as make_synth's
     # sensor preset writes a dead column) is drawn as that line: its box is the line's
     # pixel edges (x2 = x1 + 1), not a degenerate-box error
     x2, y2 = (x1 + 1 if x2 == x1 else x2), (y1 + 1 if y2 == y1 else y2)
     box = check_box(x1, y1, x2, y2, w, h, f"{where}.points")
-    return s["label"], [(min(max(x, 0.0), w), min(max(y, 0.0), h)) for x, y in poly], box
+    return s["label"], [(min(max(x, 0.0), w), min(max(y, 0.0), h)) for x, y in poly], box, group
 
 
 def _find_image(js: Path, image_path: str | None, img_root: Path | None) -> Path:
@@ -168,7 +174,7 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
         keep = _split_stems(split_file, split, split_mode, test_fraction, split_seed)
     problems = Problems(skip_invalid, str(aroot))
 
-    parsed = []   # (json, image, w, h, [(shape index, label, polygon, box)], invalid shapes)
+    parsed = []   # (json, image, w, h, [(shape index, label, polygon, box, group)], invalid shapes)
     owner: dict[Path, Path] = {}    # image -> the JSON that annotates it
     for js in sorted(aroot.glob("*.json")):
         if keep is not None and js.stem not in keep:
@@ -199,7 +205,7 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
                 bad += 1
         parsed.append((js, img, w, h, shapes, bad))
 
-    classes = resolve_classes(classes, [lab for *_, shapes, _ in parsed for _, lab, _, _ in shapes],
+    classes = resolve_classes(classes, [sh[1] for *_, shapes, _ in parsed for sh in shapes],
                               str(aroot))
     index = {c: i for i, c in enumerate(classes)}
     records: list[Record] = []
@@ -213,9 +219,9 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
         seen_images.add(img.resolve())
         records.append(Record(
             img_path=str(img), id=js.stem,
-            boxes=as_boxes([b for _, _, b in kept]),
-            labels=as_labels([index[lab] for lab, _, _ in kept]),
-            polygons=[(index[lab], poly) for lab, poly, _ in kept],
+            boxes=as_boxes([b for _, _, b, _ in kept]),
+            labels=as_labels([index[lab] for lab, _, _, _ in kept]),
+            polygons=[GroupedPolygon(index[lab], poly, group) for lab, poly, _, group in kept],
             is_defective=int(len(kept) > 0), width=w, height=h,
             meta={"ann_file": str(js)}))
     if unlabeled == "normal":
