@@ -291,10 +291,12 @@ class InstanceSegmentationResult(Result):
 
     def table_rows(self, path: str, class_names: Sequence[str] | None) -> dict[str, list[dict]]:
         """``instances``: one row per instance (file, class, score, mask pixels, box in
-        original px)."""
+        original px, ``counted``: score >= ``self.score_thr``, i.e. drawn, in the mask PNG and
+        in the semantic metrics; the other rows are the model's lower-scored candidates)."""
         areas = self.masks.reshape(len(self), -1).bool().sum(1).tolist() if len(self) else []
         return {"instances": [
             {"file": path, "class": class_names[int(l)] if class_names is not None else int(l),
              "score": round(float(s), 5), "area": int(a), **dict(zip(("xmin", "ymin", "xmax", "ymax"),
-                                                                      (round(float(v), 2) for v in b)))}
+                                                                      (round(float(v), 2) for v in b))),
+             "counted": bool(float(s) >= self.score_thr)}
             for b, s, l, a in zip(self.boxes, self.scores, self.labels, areas)]}

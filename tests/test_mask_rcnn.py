@@ -127,7 +127,7 @@ def test_result_json_rle_rows_and_drawing():
     assert np.array_equal(mask_utils.decode(rle).astype(bool), a) and js["image_size"] == [10, 16]
     rows = r.table_rows("x.png", ["pit"])["instances"]
     assert rows == [{"file": "x.png", "class": "pit", "score": 0.8, "area": 18,
-                     "xmin": 3.0, "ymin": 2.0, "xmax": 9.0, "ymax": 5.0}]
+                     "xmin": 3.0, "ymin": 2.0, "xmax": 9.0, "ymax": 5.0, "counted": True}]
     pic = draw_result(np.zeros((10, 16, 3), np.uint8), r, ["pit"], gt=torch.from_numpy(a.astype(np.int64)))
     assert pic.mode == "RGB" and pic.width > 2 * 16         # image | GT | prediction panels
 
@@ -387,3 +387,13 @@ def test_labelme_shapes_sharing_a_group_id_are_one_instance(tmp_path):
     flipped = LabelMeDataset(str(ann), str(img), classes=["pit", "dent"], with_instances=True,
                              pipeline=[{"type": "RandomFlip", "prob": 1.0}])[0]
     assert [int(m.sum()) for m in flipped["instance_masks"]] == [18, 9, 9]
+
+
+def test_instances_csv_rows_say_which_instances_the_overlay_and_metrics_count():
+    # infer.py's instances.csv lists every instance down to model.score_thr (0.05): without a
+    # flag, its row count disagreed with the overlay's "N instances (score >= thr)"
+    a = np.zeros((10, 16), bool); a[2:5, 3:9] = True
+    r = _result([a, a], [0.5, 0.2], [0, 0])
+    r.score_thr = 0.3
+    rows = r.table_rows("x.png", ["pit"])["instances"]
+    assert [row["counted"] for row in rows] == [True, False]
