@@ -364,6 +364,10 @@ def test_a_one_pixel_wide_labelme_polygon_is_a_line_not_a_degenerate_box(tmp_pat
     s = ds[0]
     assert s["boxes"].tolist() == [[5, 0, 6, 12], [9, 4, 16, 5]]
     assert [int(m.sum()) for m in s["instance_masks"]] == [12, 7] and int((s["mask"] > 0).sum()) == 19
+    (tmp_path / "dot").mkdir()
+    ann2, img2 = _write_labelme(tmp_path / "dot", [("pit", [[5, 5], [5, 5], [5, 5]])])   # a stray click
+    with pytest.raises(Exception, match=r"a\.json: shapes\[0\]\.points: degenerate box"):
+        LabelMeDataset(str(ann2), str(img2), classes=["pit"])
 
 
 def test_labelme_shapes_sharing_a_group_id_are_one_instance(tmp_path):

@@ -4,7 +4,8 @@ Keys read: ``imagePath`` (relative to the JSON's folder, Windows separators
 accepted), ``imageWidth``/``imageHeight`` and ``shapes[i].{label, points, shape_type}``.
 ``shape_type`` ``polygon`` (>= 3 points), ``rectangle`` (2 corner points) and
 ``circle`` (centre, point on the circle) are supported; other types are an error. A
-polygon whose points lie on one column or row is that one-pixel line (box ``x2 = x1 + 1``). A
+polygon whose points lie on one column or row is that one-pixel line (box ``x2 = x1 + 1``;
+all points equal: still a degenerate-box error). A
 circle may cross the image border (LabelMe keeps only its two clicks in the image): its
 clicks are checked, the circle is clipped.
 The embedded ``imageData`` is ignored (images are read from disk).
@@ -116,7 +117,8 @@ def _shape(s, where: str, w: int, h: int):
     # a polygon with all its points on one column / row (a one-pixel line, as make_synth's
     # sensor preset writes a dead column) is drawn as that line: its box is the line's
     # pixel edges (x2 = x1 + 1), not a degenerate-box error
-    x2, y2 = (x1 + 1 if x2 == x1 else x2), (y1 + 1 if y2 == y1 else y2)
+    if (x2 == x1) != (y2 == y1):          # every point the same: still a degenerate box
+        x2, y2 = (x1 + 1 if x2 == x1 else x2), (y1 + 1 if y2 == y1 else y2)
     box = check_box(x1, y1, x2, y2, w, h, f"{where}.points")
     return s["label"], [(min(max(x, 0.0), w), min(max(y, 0.0), h)) for x, y in poly], box, group
 
