@@ -401,3 +401,14 @@ def test_instances_csv_rows_say_which_instances_the_overlay_and_metrics_count():
     r.score_thr = 0.3
     rows = r.table_rows("x.png", ["pit"])["instances"]
     assert [row["counted"] for row in rows] == [True, False]
+
+
+def test_a_0_255_mask_png_error_says_what_255_is(tmp_path):
+    # the commonest field mask (0 / 255, or 255 painted as "ignore"): the error named only
+    # the range; it now says that 255 is neither read as ignore nor as class 1
+    (tmp_path / "img").mkdir(), (tmp_path / "mask").mkdir()
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    m = np.zeros((6, 8), np.uint8); m[1:3, 1:3] = 255
+    Image.fromarray(m).save(tmp_path / "mask" / "a.png")
+    with pytest.raises(Exception, match=r"a\.png: mask value 255 is outside 0\.\.1 .*255.*ignore.*0/1"):
+        MaskFolderDataset(str(tmp_path / "img"), str(tmp_path / "mask"), classes=["pit"], with_instances=True)

@@ -69,7 +69,9 @@ def read_mask_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike,
             lo, hi, (w, h) = mask_value_range(mask, exif_orientation)
             if lo < 0 or hi > len(classes):
                 raise DataFormatError(f"{mask}: mask value {hi if hi > len(classes) else lo} is outside "
-                                      f"0..{len(classes)} (classes: {classes})")
+                                      f"0..{len(classes)} (classes: {classes})"
+                                      + ("; 255 is not read as 'ignore', nor a 0/255 mask as class 1: "
+                                         "write class indices (0/1 for one class)" if hi == 255 else ""))
             iw, ih = image_size(img, exif_orientation)
             if (w, h) != (iw, ih):
                 raise DataFormatError(f"{mask}: mask is {w}x{h} but its image {img} is {iw}x{ih}"
