@@ -129,7 +129,6 @@ class SegmentationResult(Result):
     probs: torch.Tensor | None = None      # (C, H, W) float32 softmax, when kept
     image_scores: torch.Tensor | None = None  # (2,) float32, when the model has an image head
     gated: bool = False
-    score_thr: float = 0.5
 
     gt_key: ClassVar[str] = "mask"         # the sample key tools/test.py draws as ground truth
 
