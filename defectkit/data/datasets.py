@@ -230,7 +230,7 @@ class BaseDataset(Dataset):
         else the connected components of each class of its class-index mask
         (``data/instances.py``)."""
         if rec.polygons is not None:
-            return polygon_instances(rec.polygons, h, w)
+            return polygon_instances(rec.polygons, h, w, rec.polygon_groups)
         return mask_instances(self.load_mask(rec, h, w), len(self.classes))
 
     def __repr__(self) -> str:

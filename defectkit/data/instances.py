@@ -22,34 +22,19 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-class GroupedPolygon(tuple):
-    """A ``(label, points)`` pair (unpacks as one) that also carries ``group``: LabelMe's
-    ``group_id``. Polygons with the same ``(label, group)`` (group not None) are ONE
-    instance (labelme2coco's rule: an object annotated in several parts)."""
-
-    def __new__(cls, label, points, group=None):
-        obj = super().__new__(cls, (label, points))
-        obj.group = group
-        return obj
-
-    def __reduce__(self):
-        return (GroupedPolygon, (self[0], self[1], self.group))
-
-
-def polygon_instances(polygons: list, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def polygon_instances(polygons: list, height: int, width: int,
+                      groups: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``[(label, [(x, y), ...]), ...]`` -> (masks (N, H, W) uint8 0/1, labels (N,) int64),
-    one instance per polygon, except that :class:`GroupedPolygon` s sharing ``(label,
-    group)`` are one instance (the union of their pixels, in the place of the first);
-    empty instances dropped."""
+    one instance per polygon, except that polygons sharing a label and a ``groups`` entry
+    (aligned with ``polygons``; None = ungrouped; LabelMe's ``group_id``) are one instance
+    (the union of their pixels, in the place of the first); empty instances dropped."""
     masks, labels, where = [], [], {}
-    for poly in polygons:
-        label, pts = poly
+    for (label, pts), group in zip(polygons, groups or [None] * len(polygons)):
         canvas = Image.new("L", (width, height), 0)
         ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in pts], fill=1, outline=1)
         m = np.asarray(canvas, dtype=np.uint8)
-        group = getattr(poly, "group", None)
         key = None if group is None else (int(label), group)
-        if key is not None and key in where:
+        if key in where:
             masks[where[key]] = masks[where[key]] | m
             continue
         if key is not None:

@@ -40,7 +40,9 @@ class Record:
     0-based indices into the dataset's ``classes``. A class-index mask comes from
     ``mask_path`` (``mask_kind``: ``"index"`` values are used as they are,
     ``"binary"`` maps any non-zero value to 1) or from ``polygons``
-    (``[(label, [(x, y), ...]), ...]``, rasterised with value ``label + 1``).
+    (``[(label, [(x, y), ...]), ...]``, rasterised with value ``label + 1``);
+    ``polygon_groups`` (aligned with ``polygons``, or None): LabelMe's ``group_id`` of each,
+    polygons sharing a label and a group (not None) being one instance (``data/instances.py``).
     ``width``/``height`` are the annotated image size when the format stores it.
     ``grade_values``: per box (aligned with ``boxes``) the raw severity grade as read,
     ``(where, value)`` with ``value`` a str or None (no grade), ``where`` naming the file and
@@ -56,6 +58,7 @@ class Record:
     mask_path: str | None = None
     mask_kind: str = "index"
     polygons: list | None = None
+    polygon_groups: list | None = None
     is_defective: int | None = 0      # None: unknown (the sample has no is_defective)
     label: int | None = None
     width: int | None = None

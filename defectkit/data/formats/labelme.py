@@ -16,7 +16,7 @@ and a polygon that the dataset rasterises into the class-index mask with
 ``shape_to_mask`` rule: float vertices, boundary pixels included); later shapes
 are drawn over earlier ones. Instance masks (``with_instances``): shapes with the same
 ``label`` and ``group_id`` (not null) are ONE instance, labelme2coco's rule
-(``instances.GroupedPolygon`` carries the group); ``group_id`` must be an integer or null.
+(``Record.polygon_groups``); ``group_id`` must be an integer or null.
 
 Classes: the config's ``classes`` (an unknown label is an error) or the sorted
 label names found. ``skip_invalid``: an invalid shape (bad points, unsupported type,
@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..instances import GroupedPolygon
 from .common import (BOX_TOLERANCE, DataFormatError, Problems, Record, as_boxes, as_labels,
                      check_box, check_nonempty, image_size, list_images, read_split_file,
                      keep_known, require_path, resolve_classes)
@@ -223,7 +222,8 @@ def read_labelme(ann_dir: str | os.PathLike, img_dir: str | os.PathLike | None =
             img_path=str(img), id=js.stem,
             boxes=as_boxes([b for _, _, b, _ in kept]),
             labels=as_labels([index[lab] for lab, _, _, _ in kept]),
-            polygons=[GroupedPolygon(index[lab], poly, group) for lab, poly, _, group in kept],
+            polygons=[(index[lab], poly) for lab, poly, _, _ in kept],
+            polygon_groups=[group for *_, group in kept],
             is_defective=int(len(kept) > 0), width=w, height=h,
             meta={"ann_file": str(js)}))
     if unlabeled == "normal":
