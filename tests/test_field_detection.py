@@ -1,6 +1,8 @@
 """Field inputs for the plain detectors (issue 10): normal images as RPN / RoI negatives."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,25 +172,62 @@ def test_demo_redoes_the_rows_that_start_from_a_remade_row(monkeypatch):
     assert demo.plan_jobs(demo.RUNS, fresh=False) == [(part, False), (demo.DEFECTGEN, True)]
 
 
-def test_demo_trains_side_by_side_rows_together():
+def test_demo_pool_takes_the_first_listed_run_whose_inputs_are_trained():
     demo = _load("tools/demo.py", "demo_tool")
     # the jobs main() plans, in table order: each row, its TRAIN_FIRST parts just before it
     todo = [(c, None, None, []) for _, config, _, _ in demo.RUNS
             for c in (*demo.TRAIN_FIRST.get(config, []), config)]
-    groups = [[job[0] for job in g] for g in demo.side_by_side_groups(demo.training_order(todo))]
-    # every run that needs no other row's weights trains first, together: the classifier,
-    # Severity, PaDiM, ZNet, UNet and Defect-Gen's parts (two denoisers + judge segmenter)
-    assert groups[0][:2] == [demo.CLASSIFIER, demo.SEVERITY] and len(groups[0]) == 8
-    assert set(demo.TRAIN_FIRST[demo.DEFECTGEN]) <= set(groups[0])
-    # the Defect-Gen row samples from its parts after they are trained
-    assert groups[1] == [demo.DEFECTGEN]
-    # the detector pair starts from the classifier's backbone: after it, together
-    assert groups[2] == [demo.ONE_MODEL, demo.DEFECTNET] and len(groups) == 3
-    # a finished row drops out; the rest of its set still trains together
-    rest = [j for j in todo if j[0] not in (demo.CLASSIFIER, demo.ONE_MODEL)]
-    assert [len(g) for g in demo.side_by_side_groups(demo.training_order(rest))] == [7, 1, 1]
-    # only the Defect-Gen row left (its parts reused): it runs alone
-    assert [[j[0] for j in g] for g in demo.side_by_side_groups(
-        demo.training_order([(demo.DEFECTGEN, None, None, [])]))] == [[demo.DEFECTGEN]]
-    for c in demo.TRAIN_FIRST[demo.DEFECTGEN]:
+    assert set(demo.FIRST_FREE_SLOT) == {job[0] for job in todo}
+    planned = {job[0] for job in todo}
+    order, trained, waiting = [], set(), list(todo)
+    while waiting:                      # one slot: the order in which runs become ready
+        job = demo.next_job(waiting, trained, planned)
+        waiting.remove(job)
+        trained.add(job[0])
+        order.append(job[0])
+    # the classifier first: the two detector rows start from its backbone
+    assert order[:3] == [demo.CLASSIFIER, demo.ONE_MODEL, demo.DEFECTNET]
+    # Defect-Gen's sampling row after its three parts
+    assert all(order.index(c) < order.index(demo.DEFECTGEN) for c in demo.TRAIN_FIRST[demo.DEFECTGEN])
+    # nothing trained yet: the detectors wait, the next free slot takes Severity
+    rest = [j for j in todo if j[0] != demo.CLASSIFIER]
+    assert demo.next_job(rest, set(), planned)[0] == demo.SEVERITY
+    # an input that is not planned (a finished run reused) does not hold a row back
+    only = [(demo.ONE_MODEL, None, None, [])]
+    assert demo.next_job(only, set(), {demo.ONE_MODEL})[0] == demo.ONE_MODEL
+    # every Defect-Gen part planned but one untrained: the sampling row is not ready
+    parts = demo.TRAIN_FIRST[demo.DEFECTGEN]
+    assert demo.next_job([(demo.DEFECTGEN, None, None, [])], set(parts[:2]), {*parts, demo.DEFECTGEN}) is None
+    for c in parts:
         assert (ROOT / c).is_file()
+
+
+def _pool_job(tmp_path, name, events, rc=0, sleep=0.0):
+    code = (f"import time; open({str(events)!r}, 'a').write('start {name}\\n'); time.sleep({sleep}); "
+            f"open({str(events)!r}, 'a').write('end {name}\\n'); raise SystemExit({rc})")
+    return name, tmp_path / "work_dirs" / name, "stamp", [[sys.executable, "-c", code]]
+
+
+def test_demo_pool_waits_for_inputs_and_stops_starting_runs_after_a_failure(tmp_path, monkeypatch):
+    demo = _load("tools/demo.py", "demo_tool")
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    monkeypatch.setattr(demo, "STARTS_FROM", {"b": "a"})
+    monkeypatch.setattr(demo, "TRAIN_FIRST", {})
+    monkeypatch.setattr(demo, "FIRST_FREE_SLOT", ["a", "b", "c"])
+    events = tmp_path / "events.txt"
+    jobs = [_pool_job(tmp_path, "a", events, sleep=0.5), _pool_job(tmp_path, "b", events),
+            _pool_job(tmp_path, "c", events)]
+    demo.run_pool(jobs, slots=2)
+    lines = events.read_text().split("\n")
+    # b starts from a's weights: after a ends, though a slot was free (c ran beside a)
+    assert lines.index("start b") > lines.index("end a") > lines.index("end c")
+    for name in "abc":
+        assert json.loads((tmp_path / "work_dirs" / name / "demo_time.json").read_text())["config_hash"] == "stamp"
+        assert (tmp_path / "work_dirs" / name / "demo.log").read_text().startswith("$ ")
+    # a fails: b (which needs it) never starts, c (already running beside it) finishes
+    events.unlink()
+    jobs = [_pool_job(tmp_path, "a", events, rc=3, sleep=0.3), _pool_job(tmp_path, "b", events),
+            _pool_job(tmp_path, "c", events)]
+    with pytest.raises(SystemExit, match=r"exit 3: .*full log: .*work_dirs/a/demo.log"):
+        demo.run_pool(jobs, slots=2)
+    assert "start b" not in events.read_text() and "end c" in events.read_text()

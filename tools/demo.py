@@ -6,8 +6,9 @@
     python tools/demo.py --only detector     # the one-model row and the classifier row it starts from
 
 Each step runs the same command a user would type (printed before it runs), so the
-demo doubles as a walk-through of the tools. Rows listed together in SIDE_BY_SIDE train
-at the same time with one thread each (their logs go to work_dirs/<stem>/demo.log). Families add a row to RUNS as they land.
+demo doubles as a walk-through of the tools. The runs train one per core, one thread each,
+in the order FIRST_FREE_SLOT gives (their logs go to work_dirs/<stem>/demo.log); a run starts
+once the runs it loads are trained. Families add a row to RUNS as they land.
 A row whose model loads its parts' weights itself (the Defect-Gen sampler) is tested without
 a checkpoint after the configs in TRAIN_FIRST[row] are trained (not tested, not shown).
 """
@@ -91,16 +92,18 @@ ATT_PAIR = (ONE_MODEL, DEFECTNET)   # timed interleaved in one process; the firs
 # `pretrained`): selected with it (--only detector also runs the classifier row) and
 # retrained when it is
 STARTS_FROM = {ONE_MODEL: CLASSIFIER, DEFECTNET: CLASSIFIER}
-# rows that train (and test) side by side, one thread each, in this order (the table keeps the
-# order of RUNS): on 2 cores two single-thread runs finish in about the time one two-thread run
-# takes (docs/training.md); benchmarks stay serial. Every run that does not need another row's
-# weights trains in the first set, eight single-thread runs that keep both cores busy until the
-# last ends (the classifier used to train alone first, and Severity beside the detectors);
-# the two detector rows start from the classifier's backbone, so they train after it, as a pair.
-SIDE_BY_SIDE = [(CLASSIFIER, SEVERITY, "configs/padim/padim_tiny_synth.yaml",
-                 "configs/znet/znet_tiny_ballscrew.yaml", "configs/znet/unet_demo_ballscrew.yaml",
-                 *TRAIN_FIRST[DEFECTGEN]),
-                (ONE_MODEL, DEFECTNET)]
+# The runs train (and test) in a pool with one slot per core, one thread each: on 2 cores
+# two single-thread runs finish in about the time one two-thread run takes, and eight at
+# once lose a fifth to switching (docs/training.md); benchmarks stay serial. A free slot
+# takes the first run of this list whose inputs (STARTS_FROM, TRAIN_FIRST) are trained:
+# the classifier first, since the two detector rows start from its backbone, then those
+# rows, then the longest runs first. Single-thread train+test seconds measured on the 2-core
+# machine (2026-12-01): classifier 173, detectors ~125 each, Severity 178, ZNet 154, ADM 78,
+# UNet 64, judge segmenter 48, SinDiffusion 37, Defect-Gen sampling ~21, PaDiM 18.
+FIRST_FREE_SLOT = [CLASSIFIER, ONE_MODEL, DEFECTNET, SEVERITY, "configs/znet/znet_tiny_ballscrew.yaml",
+                   TRAIN_FIRST[DEFECTGEN][0], "configs/znet/unet_demo_ballscrew.yaml",
+                   TRAIN_FIRST[DEFECTGEN][2], TRAIN_FIRST[DEFECTGEN][1], DEFECTGEN,
+                   "configs/padim/padim_tiny_synth.yaml"]
 
 
 def select_rows(runs: list, only: list[str] | None) -> list:
@@ -142,7 +145,14 @@ def make_data(out: str, synth_args: list[str], fresh: bool) -> None:
     if info.is_file() and not fresh:
         print(f"[demo] reusing {out} (delete it or pass --fresh to regenerate)")
         return
-    run([PY, "tools/make_synth.py", "--out", out, *synth_args])
+    # in this process: a tool's start costs ~5 s of torch imports on 2 cores, six datasets 30 s
+    import make_synth
+
+    print("\n$ " + " ".join([PY, "tools/make_synth.py", "--out", out, *synth_args]), flush=True)
+    t0 = time.perf_counter()
+    if make_synth.main(["--out", str(ROOT / out), *synth_args]) != 0:
+        sys.exit(f"demo: step failed: tools/make_synth.py --out {out} {' '.join(synth_args)}")
+    print(f"[demo] done in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def finished(work_dir: Path, trains: bool = True, tests: bool = True) -> bool:
@@ -164,67 +174,76 @@ def record_time(work_dir: Path, seconds: float, stamp: str) -> None:
     (work_dir / "demo_time.json").write_text(json.dumps({"train_test_s": seconds, "config_hash": stamp}))
 
 
-def training_order(todo: list) -> list:
-    """``todo`` (jobs in table order) stably sorted into training order: the jobs of the
-    first SIDE_BY_SIDE set, then those of the second ...; a row that samples from parts
-    (TRAIN_FIRST) right after the set of its last part; any other job at the end."""
-    def rank(job) -> float:
-        config = job[0]
-        sets = [k for k, s in enumerate(SIDE_BY_SIDE) if config in s]
-        if sets:
-            return sets[0]
-        parts = [k for c in TRAIN_FIRST.get(config, []) for k, s in enumerate(SIDE_BY_SIDE) if c in s]
-        return max(parts) + 0.5 if parts else len(SIDE_BY_SIDE)
-
-    return sorted(todo, key=rank)
+def inputs(config: str) -> set[str]:
+    """The configs whose checkpoints ``config``'s run loads (STARTS_FROM, TRAIN_FIRST)."""
+    return ({STARTS_FROM[config]} if config in STARTS_FROM else set()) | set(TRAIN_FIRST.get(config, []))
 
 
-def side_by_side_groups(todo: list) -> list[list]:
-    """``todo`` cut into runs of consecutive rows that share a SIDE_BY_SIDE set."""
-    groups: list[tuple] = []
-    for job in todo:
-        together = next((s for s in SIDE_BY_SIDE if job[0] in s), None)
-        if groups and together is not None and groups[-1][0] is together:
-            groups[-1][1].append(job)
-        else:
-            groups.append((together, [job]))
-    return [jobs for _, jobs in groups]
+def next_job(waiting: list, trained: set[str], planned: set[str]):
+    """The job of ``waiting`` a free slot takes: the first in FIRST_FREE_SLOT order (unlisted
+    configs last, in their order) whose planned inputs are all in ``trained``; None when
+    every waiting job still waits for an input."""
+    def rank(job) -> int:
+        return FIRST_FREE_SLOT.index(job[0]) if job[0] in FIRST_FREE_SLOT else len(FIRST_FREE_SLOT)
+
+    ready = [job for job in waiting if inputs(job[0]) & planned <= trained]
+    return min(ready, key=rank) if ready else None
 
 
-def run_side_by_side(group: list) -> None:
-    """Train and test the rows of ``group`` at once, one thread each, each into its
-    work_dir/demo.log; print each test summary when all are done."""
-    from concurrent.futures import ThreadPoolExecutor
+def run_job(job, env: dict, log: Path):
+    """Run the commands of ``job`` into ``log``; None when all succeed, else what failed."""
+    config, work_dir, stamp, cmds = job
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        for cmd in cmds:
+            f.write("$ " + " ".join(str(c) for c in cmd) + "\n")
+            f.flush()
+            rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, stdout=f,
+                                stderr=subprocess.STDOUT).returncode
+            if rc != 0:
+                return f"exit {rc}: {' '.join(map(str, cmd))}"
+    record_time(work_dir, time.perf_counter() - t0, stamp)
+    return None
+
+
+def run_pool(todo: list, slots: int) -> None:
+    """Train and test the jobs of ``todo``, ``slots`` at a time with one thread each, each into
+    its work_dir/demo.log; a job starts when the runs it loads are trained (next_job). Prints
+    each job's last lines as it ends. After a failure no new job starts; ``SystemExit`` naming
+    the failed command and its log once the running ones end."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    logs = [work_dir / "demo.log" for _, work_dir, _, _ in group]
-    print("\n[demo] side by side, one thread each: " + ", ".join(
-        f"{Path(c).stem} (log {log.relative_to(ROOT)})" for (c, *_), log in zip(group, logs)), flush=True)
-
-    def chain(job, log: Path):
-        config, work_dir, stamp, cmds = job
-        work_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        with open(log, "w") as f:
-            for cmd in cmds:
-                f.write("$ " + " ".join(str(c) for c in cmd) + "\n")
-                f.flush()
-                rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, stdout=f,
-                                    stderr=subprocess.STDOUT).returncode
-                if rc != 0:
-                    return f"exit {rc}: {' '.join(map(str, cmd))}"
-        record_time(work_dir, time.perf_counter() - t0, stamp)
-        return None
-
+    planned = {job[0] for job in todo}
+    waiting, trained, running, failures = list(todo), set(), {}, []
+    print(f"\n[demo] {len(todo)} runs, {slots} at a time with one thread each; "
+          f"each logs to work_dirs/<config>/demo.log", flush=True)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(len(group)) as pool:
-        failures = list(pool.map(chain, group, logs))
-    for log, failure in zip(logs, failures):
-        tail = log.read_text(errors="replace").splitlines()[-12 if failure is None else -30:]
-        print(f"\n--- {log.relative_to(ROOT)} (last lines)\n" + "\n".join(tail))
-        if failure is not None:
-            sys.exit(f"demo: step failed ({failure}); full log: {log}")
-    print(f"[demo] done in {time.perf_counter() - t0:.1f} s", flush=True)
+    with ThreadPoolExecutor(slots) as pool:
+        while running or (waiting and not failures):
+            while waiting and not failures and len(running) < slots:
+                job = next_job(waiting, trained, planned)
+                if job is None:
+                    break
+                waiting.remove(job)
+                log = job[1] / "demo.log"
+                print(f"[demo] {time.perf_counter() - t0:5.0f} s  start {Path(job[0]).stem}", flush=True)
+                running[pool.submit(run_job, job, env, log)] = (job, log)
+            for future in wait(running, return_when=FIRST_COMPLETED)[0]:
+                job, log = running.pop(future)
+                failure = future.result()
+                tail = log.read_text(errors="replace").splitlines()[-12 if failure is None else -30:]
+                print(f"\n--- {log.relative_to(ROOT)} (last lines)\n" + "\n".join(tail))
+                print(f"[demo] {time.perf_counter() - t0:5.0f} s  "
+                      f"{'FAILED' if failure else 'done'} {Path(job[0]).stem}", flush=True)
+                if failure is None:
+                    trained.add(job[0])
+                else:
+                    failures.append(f"{failure}; full log: {log}")
+    if failures:
+        sys.exit("demo: step failed (" + "; ".join(failures) + ")")
+    print(f"[demo] all runs done in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def current_hash(config: str) -> str:
@@ -337,15 +356,15 @@ def main(argv=None) -> int:
         make_data(out, synth_args, args.fresh)
 
     todo = plan_jobs(runs, args.fresh)
-    for group in side_by_side_groups(training_order(todo)):
-        if len(group) == 1:
-            config, work_dir, stamp, cmds = group[0]
-            t0 = time.perf_counter()
-            for cmd in cmds:
-                run(cmd)
-            record_time(work_dir, time.perf_counter() - t0, stamp)
-        else:
-            run_side_by_side(group)
+    if len(todo) == 1:      # one run: in the foreground, with its progress bar and every thread
+        config, work_dir, stamp, cmds = todo[0]
+        t0 = time.perf_counter()
+        for cmd in cmds:
+            run(cmd)
+        record_time(work_dir, time.perf_counter() - t0, stamp)
+    elif todo:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        run_pool(todo, slots=max(1, min(len(todo), cores or 1)))
 
     rows = []
     for family, config, shown, says in runs:
@@ -387,10 +406,9 @@ def main(argv=None) -> int:
             f"{bench['ms_per_image']['p50']:.1f}", f"{bench['params'] / 1e6:.2f}", f"{train_s:.0f}",
             describe(says, metrics)]
         print("| " + " | ".join(cells) + " |")
-    print("\ntrain+test: wall seconds; the classifier, Severity, PaDiM, ZNet, UNet rows and Defect-Gen's two "
-          "denoisers + judge segmenter ran side by side (one thread each), then the two detector rows, "
-          "and shared the CPU; the "
-          "Defect-Gen row's time is its sampling test (its parts' training is in "
+    print("\ntrain+test: wall seconds of the row's run, one thread, beside another run (one per core; "
+          "the detector rows start once the classifier is trained); the Defect-Gen row's time is its "
+          "sampling test (its parts' training is in "
           + ", ".join(f"work_dirs/{Path(c).stem}" for c in TRAIN_FIRST[DEFECTGEN]) + ")")
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; outputs in work_dirs/")
     return 0
