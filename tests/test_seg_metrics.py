@@ -61,7 +61,25 @@ def test_evaluator_input_resolution():
     m = ev.compute()
     check(m)
     assert ev.main_metric == "mIoU" and m["num_images"] == 2
+    assert m["confusion_matrix"] == [[9, 2], [1, 3]]
     assert "mIoU 62.50" in ev.summary(m) and "defect 58.33" in ev.summary(m)
+
+
+def test_pixel_confusion_matrix_in_metrics_summary_and_plot(tmp_path):
+    """Where each class's pixels went: gt 0 -> [0, 1]; gt 1 (scratch) -> [1, 2]; gt 2 (crack)
+    -> [2, 0, 0, 2], half of the crack taken for background."""
+    ev = build_evaluator({"type": "SegmentationEvaluator", "resolution": "input"}, ["scratch", "crack"])
+    gt = torch.tensor([[[0, 1, 1, 2], [0, 2, 2, 2]]])
+    pred = torch.tensor([[[0, 1, 2, 2], [1, 0, 0, 2]]])
+    ev.process({"mask": gt, "meta": [{"id": 0}]}, [SegmentationResult(mask=pred[0])])
+    m = ev.compute()
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 1, 1], [2, 0, 2]]
+    lines = ev.summary(m).splitlines()
+    crack = [line for line in lines if line.startswith("crack ")][-1]      # the confusion table's row
+    assert crack.split() == ["crack", "50.0", "0.0", "50.0"]
+    paths = ev.save_artifacts(m, str(tmp_path / "test"))
+    assert paths == [str(tmp_path / "test" / "confusion_matrix.png")]
+    assert (tmp_path / "test" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
 class StubDataset:

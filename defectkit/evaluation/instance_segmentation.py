@@ -179,6 +179,10 @@ class InstanceSegmentationEvaluator(BaseEvaluator):
                                   for l in result.labels.tolist()]
         return out
 
+    def save_artifacts(self, metrics: dict[str, Any], out_dir: str) -> list[str]:
+        """The pixel confusion matrix of the pasted map (:class:`SegmentationEvaluator`)."""
+        return self.semantic.save_artifacts(metrics, out_dir)
+
     def summary(self, metrics: dict[str, Any]) -> str:
         out = [self.semantic.summary(metrics)]
         rows = [[t, metrics.get(f"{t}_mAP", math.nan), metrics.get(f"{t}_AP50", math.nan),

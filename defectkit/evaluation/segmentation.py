@@ -11,6 +11,9 @@ pixels equal to ``ignore_index`` dropped). From the matrices summed over the dat
             defect class for BSData ("Pitting")
     aAcc  = sum_c I_c / sum_c L_c (pixel accuracy)
 
+The summed matrix itself is ``confusion_matrix`` (pixel counts, int; rows ground truth,
+columns prediction): where a class's missed pixels went, background or another class.
+
 ``protocol: znet_repo`` (ZNet's ``Evaluator.acc_fn``) is computed as well: per image and
 class, IoU = (I + 1) / (P + L - I + 1) (Laplace +1 smoothing), averaged over images:
 ``znet_defect_IoU`` (the repository's ``acc_miou_p``, which its README reports as
@@ -26,6 +29,7 @@ rasterised again); ``input`` compares at the pipeline's output size with the bat
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -165,6 +169,7 @@ class SegmentationEvaluator(BaseEvaluator):
         m["znet_mIoU"] = float(per_img.mean(1).mean())
         for k, name in enumerate(names):
             m[f"IoU.{name}"] = float(d["iou"][k])
+        m["confusion_matrix"] = cms.sum(0).tolist()
         m["num_images"] = int(len(cms))
         m["protocol"] = self.protocol
         m["classes"] = names
@@ -192,4 +197,22 @@ class SegmentationEvaluator(BaseEvaluator):
                    f"aAcc {pct('aAcc')}   (mmseg: dataset-summed, background included, %)")
         out.append(f"znet_repo protocol (per-image +1-smoothed IoU, mean over images): defect "
                    f"{pct('znet_defect_IoU')}  background {pct('znet_bg_IoU')}  mean {pct('znet_mIoU')}")
+        cm = np.asarray(metrics.get("confusion_matrix") or [], dtype=np.float64)
+        if 2 < len(cm) <= 12 and len(cm) == len(names):     # with two classes IoU says it all
+            rate = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            out.append("pixels of each ground-truth class by predicted class (% of the row; "
+                       "confusion_matrix.png):")
+            out.append(format_table(["gt \\ pred"] + list(names), [[c] + list(r) for c, r in zip(names, rate)],
+                                    digits=1))
         return "\n".join(out)
+
+    def save_artifacts(self, metrics: dict[str, Any], out_dir: str) -> list[str]:
+        """``confusion_matrix.png``: the dataset's pixel confusion matrix, rows normalised."""
+        from ..visualization.plots import plot_confusion_matrix
+
+        if not metrics.get("confusion_matrix"):
+            return []
+        os.makedirs(out_dir, exist_ok=True)
+        return [plot_confusion_matrix(metrics["confusion_matrix"], metrics.get("classes"),
+                                      os.path.join(out_dir, "confusion_matrix.png"),
+                                      title="pixel confusion matrix")]
