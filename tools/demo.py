@@ -93,13 +93,14 @@ ATT_PAIR = (ONE_MODEL, DEFECTNET)   # timed interleaved in one process; the firs
 # retrained when it is
 STARTS_FROM = {ONE_MODEL: CLASSIFIER, DEFECTNET: CLASSIFIER}
 # The runs train (and test) in a pool with one slot per core, one thread each: on 2 cores
-# two single-thread runs finish in about the time one two-thread run takes, and eight at
-# once lose a fifth to switching (docs/training.md); benchmarks stay serial. A free slot
-# takes the first run of this list whose inputs (STARTS_FROM, TRAIN_FIRST) are trained:
-# the classifier first, since the two detector rows start from its backbone, then those
-# rows, then the longest runs first. Single-thread train+test seconds measured on the 2-core
-# machine (2026-12-01): classifier 173, detectors ~125 each, Severity 178, ZNet 154, ADM 78,
-# UNet 64, judge segmenter 48, SinDiffusion 37, Defect-Gen sampling ~21, PaDiM 18.
+# two single-thread runs finish in about the time one two-thread run takes (docs/training.md);
+# benchmarks stay serial. A free slot takes the first run of this list whose inputs
+# (STARTS_FROM, TRAIN_FIRST) are trained: the classifier first, since the two detector rows
+# start from its backbone, then those rows, then the longest runs first, so that the short
+# ones fill the end. Train+test seconds of each run in a fresh-clone demo on 2 cores
+# (2026-12-01): Severity 241, classifier 208, ZNet 173, detectors 122 / 129, ADM 82, UNet 74,
+# judge segmenter 53, SinDiffusion 40, Defect-Gen sampling 22, PaDiM 20 (eleven runs 587 s;
+# eight at once, then the sampling and the detector pair, took 618 s on an earlier day).
 FIRST_FREE_SLOT = [CLASSIFIER, ONE_MODEL, DEFECTNET, SEVERITY, "configs/znet/znet_tiny_ballscrew.yaml",
                    TRAIN_FIRST[DEFECTGEN][0], "configs/znet/unet_demo_ballscrew.yaml",
                    TRAIN_FIRST[DEFECTGEN][2], TRAIN_FIRST[DEFECTGEN][1], DEFECTGEN,
