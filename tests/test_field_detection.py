@@ -203,8 +203,8 @@ def test_demo_pool_takes_the_first_listed_run_whose_inputs_are_trained():
 
 
 def _pool_job(tmp_path, name, events, rc=0, sleep=0.0):
-    code = (f"import time; open({str(events)!r}, 'a').write('start {name}\\n'); time.sleep({sleep}); "
-            f"open({str(events)!r}, 'a').write('end {name}\\n'); raise SystemExit({rc})")
+    code = (f"import os, time; open({str(events)!r}, 'a').write('start {name} ' + os.environ['OMP_NUM_THREADS'] "
+            f"+ '\\n'); time.sleep({sleep}); open({str(events)!r}, 'a').write('end {name}\\n'); raise SystemExit({rc})")
     return name, tmp_path / "work_dirs" / name, "stamp", [[sys.executable, "-c", code]]
 
 
@@ -219,15 +219,35 @@ def test_demo_pool_waits_for_inputs_and_stops_starting_runs_after_a_failure(tmp_
             _pool_job(tmp_path, "c", events)]
     demo.run_pool(jobs, slots=2)
     lines = events.read_text().split("\n")
-    # b starts from a's weights: after a ends, though a slot was free (c ran beside a)
-    assert lines.index("start b") > lines.index("end a") > lines.index("end c")
+    # a and c start together, one thread each; b starts from a's weights: after a ends
+    assert {"start a 1", "start c 1"} <= set(lines)
+    assert min(k for k, line in enumerate(lines) if line.startswith("start b")) > lines.index("end a")
     for name in "abc":
         assert json.loads((tmp_path / "work_dirs" / name / "demo_time.json").read_text())["config_hash"] == "stamp"
         assert (tmp_path / "work_dirs" / name / "demo.log").read_text().startswith("$ ")
+    # a chain a -> b: each run has nothing beside it and gets both threads
+    events.unlink()
+    demo.run_pool([_pool_job(tmp_path, "a", events), _pool_job(tmp_path, "b", events)], slots=2)
+    assert events.read_text().split("\n")[::2] == ["start a 2", "start b 2", ""]
     # a fails: b (which needs it) never starts, c (already running beside it) finishes
     events.unlink()
     jobs = [_pool_job(tmp_path, "a", events, rc=3, sleep=0.3), _pool_job(tmp_path, "b", events),
             _pool_job(tmp_path, "c", events)]
-    with pytest.raises(SystemExit, match=r"exit 3: .*full log: .*work_dirs/a/demo.log"):
+    with pytest.raises(SystemExit, match=r"exit 3: .*full log: .*work_dirs/a/demo.log.*not started: b"):
         demo.run_pool(jobs, slots=2)
     assert "start b" not in events.read_text() and "end c" in events.read_text()
+
+
+def test_demo_pool_reports_a_command_that_cannot_start_and_inputs_never_made(tmp_path, monkeypatch):
+    demo = _load("tools/demo.py", "demo_tool")
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    monkeypatch.setattr(demo, "TRAIN_FIRST", {})
+    events = tmp_path / "events.txt"
+    # a command that cannot start is a failure like an exit status; the run beside it is still reported
+    missing = ("a", tmp_path / "work_dirs" / "a", "stamp", [[str(tmp_path / "no-such-program")]])
+    with pytest.raises(SystemExit, match=r"FileNotFoundError: .*no-such-program.*exit 4: "):
+        demo.run_pool([missing, _pool_job(tmp_path, "c", events, rc=4, sleep=0.3)], slots=2)
+    # runs that load each other (a cycle): an error naming them, not a hang
+    monkeypatch.setattr(demo, "STARTS_FROM", {"a": "b", "b": "a"})
+    with pytest.raises(SystemExit, match=r"wait for inputs that no run makes: a \(needs b\), b \(needs a\)"):
+        demo.run_pool([_pool_job(tmp_path, "a", events), _pool_job(tmp_path, "b", events)], slots=2)

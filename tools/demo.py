@@ -7,7 +7,7 @@
 
 Each step runs the same command a user would type (printed before it runs), so the
 demo doubles as a walk-through of the tools. The runs train one per core, one thread each,
-in the order FIRST_FREE_SLOT gives (their logs go to work_dirs/<stem>/demo.log); a run starts
+in FIRST_FREE_SLOT's priority order (their logs go to work_dirs/<stem>/demo.log); a run starts
 once the runs it loads are trained. Families add a row to RUNS as they land.
 A row whose model loads its parts' weights itself (the Defect-Gen sampler) is tested without
 a checkpoint after the configs in TRAIN_FIRST[row] are trained (not tested, not shown).
@@ -192,34 +192,39 @@ def next_job(waiting: list, trained: set[str], planned: set[str]):
 
 
 def run_job(job, env: dict, log: Path):
-    """Run the commands of ``job`` into ``log``; None when all succeed, else what failed."""
+    """Run the commands of ``job`` into ``log``; None when all succeed, else what failed
+    (an exit status, or an error starting a command or writing the log)."""
     config, work_dir, stamp, cmds = job
-    work_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        for cmd in cmds:
-            f.write("$ " + " ".join(str(c) for c in cmd) + "\n")
-            f.flush()
-            rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, stdout=f,
-                                stderr=subprocess.STDOUT).returncode
-            if rc != 0:
-                return f"exit {rc}: {' '.join(map(str, cmd))}"
-    record_time(work_dir, time.perf_counter() - t0, stamp)
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with open(log, "w") as f:
+            for cmd in cmds:
+                f.write("$ " + " ".join(str(c) for c in cmd) + "\n")
+                f.flush()
+                rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, stdout=f,
+                                    stderr=subprocess.STDOUT).returncode
+                if rc != 0:
+                    return f"exit {rc}: {' '.join(map(str, cmd))}"
+        record_time(work_dir, time.perf_counter() - t0, stamp)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
     return None
 
 
 def run_pool(todo: list, slots: int) -> None:
-    """Train and test the jobs of ``todo``, ``slots`` at a time with one thread each, each into
+    """Train and test the jobs of ``todo``, ``slots`` at a time with one thread each (all
+    ``slots`` threads for a job that starts with nothing else running or ready), each into
     its work_dir/demo.log; a job starts when the runs it loads are trained (next_job). Prints
     each job's last lines as it ends. After a failure no new job starts; ``SystemExit`` naming
-    the failed command and its log once the running ones end."""
+    the failed commands and their logs once the running ones end, or when the waiting jobs
+    wait for inputs that no job makes (a cycle in STARTS_FROM / TRAIN_FIRST)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     planned = {job[0] for job in todo}
     waiting, trained, running, failures = list(todo), set(), {}, []
-    print(f"\n[demo] {len(todo)} runs, {slots} at a time with one thread each; "
-          f"each logs to work_dirs/<config>/demo.log", flush=True)
+    print(f"\n[demo] {len(todo)} runs, up to {slots} at a time with one thread each; "
+          f"each logs to work_dirs/<config stem>/demo.log", flush=True)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(slots) as pool:
         while running or (waiting and not failures):
@@ -228,9 +233,17 @@ def run_pool(todo: list, slots: int) -> None:
                 if job is None:
                     break
                 waiting.remove(job)
+                alone = not running and next_job(waiting, trained, planned) is None
+                env = {**os.environ, "OMP_NUM_THREADS": str(slots if alone else 1)}
                 log = job[1] / "demo.log"
-                print(f"[demo] {time.perf_counter() - t0:5.0f} s  start {Path(job[0]).stem}", flush=True)
+                print(f"[demo] {time.perf_counter() - t0:5.0f} s  start {Path(job[0]).stem}"
+                      + (f" ({slots} threads: nothing else can run yet)" if alone and slots > 1 else ""),
+                      flush=True)
                 running[pool.submit(run_job, job, env, log)] = (job, log)
+            if not running:
+                sys.exit("demo: runs wait for inputs that no run makes: "
+                         + ", ".join(f"{Path(j[0]).stem} (needs {', '.join(sorted(inputs(j[0])))})"
+                                     for j in waiting))
             for future in wait(running, return_when=FIRST_COMPLETED)[0]:
                 job, log = running.pop(future)
                 failure = future.result()
@@ -243,7 +256,8 @@ def run_pool(todo: list, slots: int) -> None:
                 else:
                     failures.append(f"{failure}; full log: {log}")
     if failures:
-        sys.exit("demo: step failed (" + "; ".join(failures) + ")")
+        skipped = f"; not started: {', '.join(Path(j[0]).stem for j in waiting)}" if waiting else ""
+        sys.exit("demo: step failed (" + "; ".join(failures) + ")" + skipped)
     print(f"[demo] all runs done in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
@@ -407,9 +421,9 @@ def main(argv=None) -> int:
             f"{bench['ms_per_image']['p50']:.1f}", f"{bench['params'] / 1e6:.2f}", f"{train_s:.0f}",
             describe(says, metrics)]
         print("| " + " | ".join(cells) + " |")
-    print("\ntrain+test: wall seconds of the row's run, one thread, beside another run (one per core; "
-          "the detector rows start once the classifier is trained); the Defect-Gen row's time is its "
-          "sampling test (its parts' training is in "
+    print("\ntrain+test: wall seconds of the row's run, made with one thread while other runs used "
+          "the other cores (the detector rows start once the classifier is trained); the Defect-Gen "
+          "row's time is its sampling test (its parts' training is in "
           + ", ".join(f"work_dirs/{Path(c).stem}" for c in TRAIN_FIRST[DEFECTGEN]) + ")")
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; outputs in work_dirs/")
     return 0

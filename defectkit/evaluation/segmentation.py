@@ -200,8 +200,7 @@ class SegmentationEvaluator(BaseEvaluator):
         cm = np.asarray(metrics.get("confusion_matrix") or [], dtype=np.float64)
         if 2 < len(cm) <= 12 and len(cm) == len(names):     # with two classes IoU says it all
             rate = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1)
-            out.append("pixels of each ground-truth class by predicted class (% of the row; "
-                       "confusion_matrix.png):")
+            out.append("pixels of each ground-truth class by predicted class (% of the row):")
             out.append(format_table(["gt \\ pred"] + list(names), [[c] + list(r) for c, r in zip(names, rate)],
                                     digits=1))
         return "\n".join(out)
